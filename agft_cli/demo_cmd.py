@@ -1,0 +1,74 @@
+"""`agft demo`: the server on embedded SQLite plus simulated GPU nodes, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+import uvicorn
+
+from agft_cli.server_cmd import settings_from_args
+from agft_cli.simnode import agent_config_for, start_sim_node
+from node_agent.agent import Agent
+from server.app import create_app
+from sim.node import SimulatedNode
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    settings = settings_from_args(args)
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    )
+    serve = asyncio.create_task(server.serve())
+    while not server.started:
+        if serve.done():
+            serve.result()  # bind failure etc.: raise it
+            return
+        await asyncio.sleep(0.05)
+
+    nodes: list[SimulatedNode] = []
+    agents: list[Agent] = []
+    grpc_address = f"{settings.grpc_host}:{app.state.grpc_port}"
+    for n in range(args.nodes):
+        name = f"sim-node-{n}"
+        node = await asyncio.to_thread(
+            start_sim_node, args, name, args.instances_per_node, args.seed + n
+        )
+        nodes.append(node)
+        agents.append(Agent(agent_config_for(node, grpc_address, name), node.backend))
+    agent_tasks = [asyncio.create_task(a.run()) for a in agents]
+    print(
+        f"AGFT demo: dashboard http://{settings.http_host}:{settings.http_port}/  "
+        f"API http://{settings.http_host}:{settings.http_port}/docs  "
+        f"gRPC {grpc_address}  ({args.nodes} simulated nodes x {args.instances_per_node} "
+        f"instances, {args.gpu}/{args.model}, database {settings.database_url})",
+        flush=True,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.duration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration)
+        else:
+            await stop.wait()
+    finally:
+        for agent in agents:
+            agent.stop()
+        await asyncio.gather(*agent_tasks, return_exceptions=True)
+        server.should_exit = True
+        await serve
+        for node in nodes:
+            node.stop()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    asyncio.run(_demo(args))
+    return 0

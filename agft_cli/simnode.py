@@ -1,0 +1,43 @@
+"""Start a simulated GPU serving node for the agent and the demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from node_agent.config import AgentConfig, InstanceConfig
+from sim.node import SimulatedNode
+from sim.workload import TraceWorkload, shipped_trace_path
+
+
+def start_sim_node(args: argparse.Namespace, node_name: str, instances: int, seed: int) -> SimulatedNode:
+    trace = Path(args.trace) if args.trace else shipped_trace_path("azure_conv_2023")
+    workload = TraceWorkload.from_csv(trace, rate_scale=args.rate_scale)
+    node = SimulatedNode.create(
+        gpu=args.gpu,
+        model=args.model,
+        instances=instances,
+        workload=workload,
+        clock="realtime",
+        seed=seed,
+        node_name=node_name,
+    )
+    node.start()
+    return node
+
+
+def agent_config_for(node: SimulatedNode, server: str, node_id: str) -> AgentConfig:
+    return AgentConfig(
+        server=server,
+        node_id=node_id,
+        instances=tuple(
+            InstanceConfig(
+                name=i.name,
+                metrics_url=i.metrics_url,
+                gpu_indices=tuple(i.gpu_indices),
+                engine=i.engine,
+                model_name=i.model_name,
+            )
+            for i in node.instances
+        ),
+    )

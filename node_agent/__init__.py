@@ -1,0 +1,3 @@
+"""AGFT node agent: runs on every GPU node; never imports server/."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Clock leases: a clock we lowered holds only while the server keeps renewing it.
+
+Time is the agent's own monotonic clock from when a command was received, so a
+skewed wall clock on either host cannot stretch or cut a lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    instance: str
+    gpu_indices: tuple[int, ...]
+    min_mhz: int
+    max_mhz: int
+    expires_at: float  # monotonic seconds
+    command_id: str = ""
+
+
+class LeaseTable:
+    def __init__(self) -> None:
+        self._leases: dict[str, Lease] = {}
+
+    def grant(
+        self,
+        instance: str,
+        gpu_indices: tuple[int, ...],
+        min_mhz: int,
+        max_mhz: int,
+        lease_s: float,
+        now: float,
+        command_id: str = "",
+    ) -> Lease:
+        lease = Lease(instance, gpu_indices, min_mhz, max_mhz, now + lease_s, command_id)
+        self._leases[instance] = lease
+        return lease
+
+    def release(self, instance: str) -> Lease | None:
+        return self._leases.pop(instance, None)
+
+    def expired(self, now: float) -> list[Lease]:
+        """Leases past expiry, removed from the table (the caller resets their GPUs)."""
+        gone = [lease for lease in self._leases.values() if lease.expires_at <= now]
+        for lease in gone:
+            del self._leases[lease.instance]
+        return gone
+
+    def next_expiry(self) -> float | None:
+        return min((lease.expires_at for lease in self._leases.values()), default=None)
+
+    def active(self) -> list[Lease]:
+        return list(self._leases.values())
+
+    def get(self, instance: str) -> Lease | None:
+        return self._leases.get(instance)

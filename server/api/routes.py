@@ -1,0 +1,62 @@
+"""Read-only REST API: nodes, instances, decisions, health."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import text
+
+from server.api.deps import DbSession
+from server.api.schemas import DecisionOut, DecisionPage, Health, InstanceOut, NodeOut
+from server.store import queries
+
+router = APIRouter(prefix="/api/v1", tags=["fleet"])
+health_router = APIRouter(tags=["health"])
+
+
+@router.get("/nodes", response_model=list[NodeOut])
+def list_nodes(db: DbSession) -> list[NodeOut]:
+    return [NodeOut.model_validate(n) for n in queries.nodes_with_gpus(db)]
+
+
+@router.get("/instances", response_model=list[InstanceOut])
+def list_instances(db: DbSession) -> list[InstanceOut]:
+    return [InstanceOut.model_validate(i) for i in queries.instances(db)]
+
+
+@router.get("/instances/{instance_id}", response_model=InstanceOut)
+def get_instance(instance_id: int, db: DbSession) -> InstanceOut:
+    found = queries.instance(db, instance_id)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
+    return InstanceOut.model_validate(found)
+
+
+@router.get("/instances/{instance_id}/decisions", response_model=DecisionPage)
+def list_decisions(
+    instance_id: int,
+    db: DbSession,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, description="id cursor from the previous page")] = None,
+) -> DecisionPage:
+    if queries.instance(db, instance_id) is None:
+        raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
+    rows = queries.decisions_page(db, instance_id, limit, before_id)
+    items = [DecisionOut.model_validate(r) for r in rows]
+    next_id = items[-1].id if len(items) == limit else None
+    return DecisionPage(items=items, next_before_id=next_id)
+
+
+@health_router.get("/healthz", response_model=Health)
+def healthz(request: Request, db: DbSession) -> Health:
+    try:
+        db.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as err:  # report, don't crash, so probes see what is wrong
+        database = f"error: {type(err).__name__}"
+    fleet = request.app.state.fleet
+    status = "ok" if database == "ok" else "degraded"
+    if status != "ok":
+        raise HTTPException(status_code=503, detail={"status": status, "database": database})
+    return Health(status=status, database=database, agents_connected=len(fleet.sessions))

@@ -1,0 +1,89 @@
+"""What the controller sees of one window: plain numbers, no protobuf, no database.
+
+Every field that could not be measured is None ("unknown"), never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramDelta:
+    """Observations of one histogram that fell inside a window."""
+
+    upper_bounds: tuple[float, ...]
+    bucket_counts: tuple[int, ...]  # per bucket, len(upper_bounds) + 1 (+Inf last)
+    sum: float
+    count: int
+
+    def quantile(self, q: float) -> float | None:
+        """Prometheus-style linear interpolation inside the bucket; None when empty."""
+        if self.count <= 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        lower = 0.0
+        for i, n in enumerate(self.bucket_counts):
+            upper = self.upper_bounds[i] if i < len(self.upper_bounds) else math.inf
+            if n > 0 and seen + n >= rank:
+                if math.isinf(upper):
+                    # Beyond the last bound the best honest answer is that bound.
+                    return lower
+                return lower + (upper - lower) * (rank - seen) / n
+            seen += n
+            lower = upper
+        return lower
+
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    index: int
+    energy_j: float | None
+    avg_power_w: float | None
+    sm_clock_mhz: int | None
+    utilization_gpu_pct: float | None
+    throttle_reasons: int | None
+    locked_sm_clock_mhz: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSample:
+    num_requests_running: float | None
+    num_requests_waiting: float | None
+    kv_cache_usage: float | None
+    prompt_tokens: float | None
+    generation_tokens: float | None
+    preemptions: float | None
+    requests_finished: float | None
+    ttft_s: HistogramDelta | None
+    inter_token_latency_s: HistogramDelta | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One instance's window as the controller sees it."""
+
+    window_start_s: float
+    window_end_s: float
+    gpus: Sequence[GpuSample]
+    serving: ServingSample | None  # None: /metrics unavailable -> unknown, not idle
+    clock_in_force_mhz: int | None  # None: default clocks (no lock)
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.window_end_s - self.window_start_s
+
+    @property
+    def energy_j(self) -> float | None:
+        """Energy of the whole instance; unknown if any of its GPUs is unknown."""
+        values = [g.energy_j for g in self.gpus]
+        if not values or any(v is None for v in values):
+            return None
+        return math.fsum(v for v in values if v is not None)

@@ -1,0 +1,48 @@
+"""The policy interface every controller implements (static, rule, LinUCB, ...)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.control.observation import Observation
+
+
+@dataclass(frozen=True, slots=True)
+class ClockArms:
+    """The clocks an instance may be locked to: supported by every GPU of its TP group."""
+
+    supported_mhz: tuple[int, ...]  # ascending
+    default_mhz: int
+
+    @classmethod
+    def intersect(cls, per_gpu: Sequence[Sequence[int]], default_mhz: int) -> ClockArms:
+        common = set(per_gpu[0]) if per_gpu else set()
+        for clocks in per_gpu[1:]:
+            common &= set(clocks)
+        return cls(supported_mhz=tuple(sorted(common)), default_mhz=default_mhz)
+
+    def snap_down(self, mhz: int) -> int | None:
+        """The highest supported clock not above mhz (None if mhz is below them all)."""
+        below = [c for c in self.supported_mhz if c <= mhz]
+        return below[-1] if below else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockDecision:
+    """A policy's answer. sm_clock_mhz None means: default clocks (release any lock)."""
+
+    sm_clock_mhz: int | None
+    reason: str
+    features: dict[str, float] = field(default_factory=dict)
+    reward: float | None = None
+
+
+class Policy(abc.ABC):
+    """One instance's controller. Pure: no I/O, no clocks of its own."""
+
+    name: str
+
+    @abc.abstractmethod
+    def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision: ...

@@ -1,0 +1,45 @@
+"""Live state of one connected agent and its serving instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agft.v1 import agent_pb2 as pb
+from server.control.policy import ClockArms, Policy
+
+
+@dataclass(slots=True)
+class InstanceRuntime:
+    instance_id: int
+    name: str
+    gpu_indices: tuple[int, ...]
+    arms: ClockArms
+    policy: Policy
+    # What we last told the agent: a locked clock, None for default, or "never told".
+    last_sent_clock_mhz: int | None = None
+    told_anything: bool = False
+    decisions: int = 0
+
+
+@dataclass(slots=True)
+class AgentSession:
+    node_id: str
+    node_pk: int
+    instances: dict[str, InstanceRuntime]
+    outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    # Commands sent and not yet acknowledged, so an ack can be checked (bounded).
+    pending: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    pending_limit: int = 10_000
+
+    def remember_command(self, command_id: str, instance: str) -> None:
+        self.pending[command_id] = instance
+        while len(self.pending) > self.pending_limit:
+            self.pending.popitem(last=False)
+
+    def send(self, message: pb.ServerMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)

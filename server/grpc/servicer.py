@@ -1,0 +1,118 @@
+"""The AgentLink stream: a thin shell over FleetService.
+
+Requests are parsed by our own deserializer so a malformed message becomes a clear
+Error on the stream instead of killing it (the generated handler would abort the RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from agft.v1 import agent_pb2 as pb
+from server.fleet.runtime import AgentSession
+from server.fleet.service import FleetService
+from server.fleet.validation import InvalidMessageError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "agft.v1.AgentLink"
+
+
+class Malformed:
+    """Stands in for a request that could not be parsed."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deserialize(data: bytes) -> pb.AgentMessage | Malformed:
+    msg = pb.AgentMessage()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as err:
+        return Malformed(f"cannot parse AgentMessage: {err}")
+    return msg
+
+
+class AgentLinkServicer:
+    def __init__(self, fleet: FleetService) -> None:
+        self._fleet = fleet
+
+    async def connect(
+        self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any
+    ) -> AsyncIterator[pb.ServerMessage]:
+        session = await self._handshake(requests, context)
+        if session is None:
+            return
+        reader = asyncio.create_task(self._read(requests, session))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            await self._fleet.disconnect(session)
+
+    async def _handshake(
+        self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any
+    ) -> AgentSession | None:
+        async for first in requests:
+            if isinstance(first, Malformed) or first.WhichOneof("body") != "hello":
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, "the first message must be a Hello"
+                )
+                return None
+            try:
+                return await self._fleet.hello(first.hello)
+            except InvalidMessageError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{err.code}: {err.message}")
+                return None
+        return None
+
+    async def _read(
+        self, requests: AsyncIterator[pb.AgentMessage | Malformed], session: AgentSession
+    ) -> None:
+        try:
+            async for msg in requests:
+                self._dispatch(session, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream from %s failed", session.node_id)
+        finally:
+            session.close()
+
+    def _dispatch(self, session: AgentSession, msg: pb.AgentMessage | Malformed) -> None:
+        if isinstance(msg, Malformed):
+            session.send(FleetService.error(0, "malformed", msg.error))
+            return
+        kind = msg.WhichOneof("body")
+        try:
+            if kind == "telemetry":
+                self._fleet.telemetry(session, msg.seq, msg.telemetry)
+            elif kind == "ack":
+                self._fleet.ack(session, msg.seq, msg.ack)
+            elif kind == "hello":
+                session.send(FleetService.error(msg.seq, "protocol", "Hello was already received"))
+            else:
+                session.send(FleetService.error(msg.seq, "malformed", "message has no body"))
+        except Exception as err:  # one bad message must not end the stream
+            log.exception("handling message %d from %s", msg.seq, session.node_id)
+            session.send(FleetService.error(msg.seq, "internal", f"{type(err).__name__}: {err}"))
+
+
+def add_to_server(servicer: AgentLinkServicer, server: grpc.aio.Server) -> None:
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.connect,
+        request_deserializer=_deserialize,
+        response_serializer=pb.ServerMessage.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Connect": handler}),))

@@ -1,0 +1,34 @@
+"""Server settings, read from AGFT_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGFT_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///agft.db",
+        description="SQLAlchemy URL; SQLite (embedded default) or postgresql+psycopg://...",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    window_s: float = Field(default=1.0, gt=0.05, le=60.0, description="telemetry window")
+    lease_s: float = Field(
+        default=5.0, gt=0.1, le=600.0, description="how long a lowered clock holds unrenewed"
+    )
+    policy: str = Field(default="static", description="decision policy for every instance")
+    static_clock_mhz: int | None = Field(
+        default=None, description="clock for the static policy; unset means default clocks"
+    )
+    migrate_on_start: bool = Field(
+        default=True, description="run `alembic upgrade head` when the server starts"
+    )
+    persist_batch_max: int = Field(default=500, ge=1, description="rows per persistence batch")
+    persist_interval_s: float = Field(
+        default=0.2, gt=0.0, description="longest wait before a batch is written"
+    )

@@ -1,0 +1,146 @@
+"""SQLAlchemy models. Alembic migrations (migrations/) are the only way this schema is made."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so migrations are identical on PostgreSQL and SQLite.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON()
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(255), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    agent_version: Mapped[str] = mapped_column(String(64))
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Gpu(Base):
+    __tablename__ = "gpus"
+    __table_args__ = (UniqueConstraint("node_pk", "index", name="uq_gpus_node_pk_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_pk: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    uuid: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(255))
+    supported_sm_clocks_mhz: Mapped[list[int]] = mapped_column(Json)
+    supported_memory_clocks_mhz: Mapped[list[int]] = mapped_column(Json)
+    default_sm_clock_mhz: Mapped[int] = mapped_column(Integer)
+    default_memory_clock_mhz: Mapped[int] = mapped_column(Integer)
+    power_limit_mw: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SloPolicy(Base):
+    __tablename__ = "slo_policies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    ttft_s: Mapped[float] = mapped_column(Float)
+    tpot_s: Mapped[float] = mapped_column(Float)
+    percentile: Mapped[float] = mapped_column(Float, default=90.0)
+    window_s: Mapped[float] = mapped_column(Float, default=60.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("node_pk", "name", name="uq_instances_node_pk_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_pk: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    engine: Mapped[str] = mapped_column(String(32))
+    metrics_url: Mapped[str] = mapped_column(String(1024))
+    model_name: Mapped[str] = mapped_column(String(255))
+    gpu_indices: Mapped[list[int]] = mapped_column(Json)
+    slo_policy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("slo_policies.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Decision(Base):
+    """One row per controller decision: what it saw, what was in force, what it chose."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_instance_id_id", "instance_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    policy: Mapped[str] = mapped_column(String(64))
+    features: Mapped[dict[str, Any]] = mapped_column(Json)
+    # NULL clock means "default clocks / no lock".
+    clock_in_force_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    clock_chosen_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # NULL measurements mean "unknown", never zero.
+    energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    generation_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_p50_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_p90_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    itl_p50_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    itl_p90_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ClockCommand(Base):
+    __tablename__ = "clock_commands"
+    __table_args__ = (Index("ix_clock_commands_instance_id_issued_at", "instance_id", "issued_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "set" or "reset"
+    min_sm_clock_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_sm_clock_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory_clock_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ack_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    ack_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    applied: Mapped[list[dict[str, Any]] | None] = mapped_column(Json, nullable=True)

@@ -1,0 +1,74 @@
+"""Read queries for the API and the dashboard (sync; run them off the event loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.store.models import Decision, Gpu, Instance, Node
+
+
+def nodes_with_gpus(db: Session) -> list[dict[str, Any]]:
+    nodes = db.scalars(select(Node).order_by(Node.node_id)).all()
+    gpus = db.scalars(select(Gpu).order_by(Gpu.node_pk, Gpu.index)).all()
+    by_node: dict[int, list[Gpu]] = {}
+    for g in gpus:
+        by_node.setdefault(g.node_pk, []).append(g)
+    return [
+        {
+            "id": n.id,
+            "node_id": n.node_id,
+            "hostname": n.hostname,
+            "agent_version": n.agent_version,
+            "connected": n.connected,
+            "first_seen_at": n.first_seen_at,
+            "last_seen_at": n.last_seen_at,
+            "gpus": by_node.get(n.id, []),
+        }
+        for n in nodes
+    ]
+
+
+def instances(db: Session) -> list[dict[str, Any]]:
+    rows = db.execute(
+        select(Instance, Node.node_id, Node.connected)
+        .join(Node, Node.id == Instance.node_pk)
+        .order_by(Node.node_id, Instance.name)
+    ).all()
+    return [_instance_dict(inst, node_id, connected) for inst, node_id, connected in rows]
+
+
+def instance(db: Session, instance_id: int) -> dict[str, Any] | None:
+    row = db.execute(
+        select(Instance, Node.node_id, Node.connected)
+        .join(Node, Node.id == Instance.node_pk)
+        .where(Instance.id == instance_id)
+    ).first()
+    return _instance_dict(*row) if row else None
+
+
+def _instance_dict(inst: Instance, node_id: str, connected: bool) -> dict[str, Any]:
+    return {
+        "id": inst.id,
+        "node_id": node_id,
+        "name": inst.name,
+        "engine": inst.engine,
+        "model_name": inst.model_name,
+        "metrics_url": inst.metrics_url,
+        "gpu_indices": inst.gpu_indices,
+        "connected": connected,
+        "last_seen_at": inst.last_seen_at,
+    }
+
+
+def decisions_page(
+    db: Session, instance_id: int, limit: int, before_id: int | None
+) -> Sequence[Decision]:
+    """Newest first, keyset-paginated on id (stable while new rows arrive)."""
+    query = select(Decision).where(Decision.instance_id == instance_id)
+    if before_id is not None:
+        query = query.where(Decision.id < before_id)
+    return db.scalars(query.order_by(Decision.id.desc()).limit(limit)).all()

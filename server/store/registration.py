@@ -1,0 +1,70 @@
+"""Upserting what an agent's Hello says about its node, GPUs and serving instances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from agft.v1 import agent_pb2 as pb
+from server.store.models import Gpu, Instance, Node
+
+ENGINE_NAMES = {pb.ENGINE_VLLM: "vllm", pb.ENGINE_SGLANG: "sglang"}
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    node_pk: int
+    instance_ids: dict[str, int]
+
+
+def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registered:
+    now = datetime.now(UTC)
+    with factory.begin() as db:
+        node = db.scalar(select(Node).where(Node.node_id == hello.node_id))
+        if node is None:
+            node = Node(node_id=hello.node_id, first_seen_at=now)
+            db.add(node)
+        node.hostname = hello.hostname or hello.node_id
+        node.agent_version = hello.agent_version
+        node.connected = True
+        node.last_seen_at = now
+        db.flush()
+
+        gpus = {g.index: g for g in db.scalars(select(Gpu).where(Gpu.node_pk == node.id))}
+        for g in hello.gpus:
+            row = gpus.get(g.index) or Gpu(node_pk=node.id, index=g.index)
+            row.uuid = g.uuid
+            row.name = g.name
+            row.supported_sm_clocks_mhz = list(g.supported_sm_clocks_mhz)
+            row.supported_memory_clocks_mhz = list(g.supported_memory_clocks_mhz)
+            row.default_sm_clock_mhz = g.default_sm_clock_mhz
+            row.default_memory_clock_mhz = g.default_memory_clock_mhz
+            row.power_limit_mw = g.power_limit_mw
+            row.updated_at = now
+            db.add(row)
+
+        existing = {i.name: i for i in db.scalars(select(Instance).where(Instance.node_pk == node.id))}
+        ids: dict[str, int] = {}
+        for inst in hello.instances:
+            row = existing.get(inst.name) or Instance(node_pk=node.id, name=inst.name, created_at=now)
+            row.engine = ENGINE_NAMES.get(inst.engine, "unknown")
+            row.metrics_url = inst.metrics_url
+            row.model_name = inst.model_name
+            row.gpu_indices = list(inst.gpu_indices)
+            row.last_seen_at = now
+            db.add(row)
+            db.flush()
+            ids[inst.name] = row.id
+        return Registered(node_pk=node.id, instance_ids=ids)
+
+
+def mark_disconnected(factory: sessionmaker[Session], node_pk: int) -> None:
+    with factory.begin() as db:
+        db.execute(
+            update(Node)
+            .where(Node.id == node_pk)
+            .values(connected=False, last_seen_at=datetime.now(UTC))
+        )

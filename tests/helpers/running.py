@@ -1,0 +1,48 @@
+"""A real server (uvicorn HTTP + grpc.aio) on loopback ports chosen by the OS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.settings import Settings
+
+
+@dataclass
+class RunningServer:
+    app: FastAPI
+    http_url: str
+    grpc_address: str
+    settings: Settings
+
+
+@asynccontextmanager
+async def running_server(database_url: str, grpc_port: int = 0, **overrides: Any) -> AsyncIterator[RunningServer]:
+    settings = Settings(
+        database_url=database_url,
+        http_host="127.0.0.1",
+        http_port=0,
+        grpc_host="127.0.0.1",
+        grpc_port=grpc_port,
+        **overrides,
+    )
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(app, f"http://127.0.0.1:{port}", f"127.0.0.1:{app.state.grpc_port}", settings)
+    finally:
+        server.should_exit = True
+        await task

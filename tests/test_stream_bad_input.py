@@ -1,0 +1,113 @@
+"""Bad agent input gets a clear error, the stream survives, nothing accepted is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+
+from agft.v1 import agent_pb2 as pb
+from tests.helpers.raw_agent import RawStream, hello, window
+from tests.helpers.running import running_server
+
+
+async def _decisions(http_url: str, instance_name: str = "vllm-0") -> list[dict[str, object]]:
+    async with httpx.AsyncClient(base_url=http_url) as client:
+        instances = (await client.get("/api/v1/instances")).json()
+        inst = next(i for i in instances if i["name"] == instance_name)
+        page = (await client.get(f"/api/v1/instances/{inst['id']}/decisions")).json()
+        return page["items"]  # type: ignore[no-any-return]
+
+
+async def _wait_for_decisions(http_url: str, count: int) -> list[dict[str, object]]:
+    for _ in range(100):
+        items = await _decisions(http_url)
+        if len(items) >= count:
+            return items
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} decisions, have {len(items)}")
+
+
+async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str) -> None:
+    async with running_server(database_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(hello=hello())
+            assert (await stream.read()).WhichOneof("body") == "welcome"
+
+            stream.send(telemetry=pb.Telemetry(windows=[window(start=1000.0)]))
+            first = await stream.read()
+            assert first.WhichOneof("body") == "reset_clocks"  # static policy: default clocks
+            await _wait_for_decisions(srv.http_url, 1)
+
+            seq = stream.send(telemetry=pb.Telemetry(windows=[window(instance="vllm-9")]))
+            err = (await stream.read_kind("error")).error
+            assert (err.seq, err.code) == (seq, "unknown_instance")
+            assert "vllm-9" in err.message
+
+            seq = stream.send(telemetry=pb.Telemetry(windows=[window(energy_j=math.nan)]))
+            err = (await stream.read_kind("error")).error
+            assert (err.seq, err.code) == (seq, "invalid_value")
+            assert "energy_j" in err.message and "finite" in err.message
+
+            seq = stream.send(telemetry=pb.Telemetry(windows=[window(energy_j=-5.0)]))
+            err = (await stream.read_kind("error")).error
+            assert err.code == "invalid_value" and "negative" in err.message
+
+            bad_hist = pb.Histogram(upper_bounds=[0.1, 0.05], bucket_counts=[1, 1, 0], sum=0.1, count=2)
+            stream.send(telemetry=pb.Telemetry(windows=[window(ttft_s=bad_hist)]))
+            err = (await stream.read_kind("error")).error
+            assert "ascending" in err.message
+
+            stream.send_bytes(b"\xff\xff\xff\x07garbage")
+            err = (await stream.read_kind("error")).error
+            assert err.code == "malformed" and "parse" in err.message
+
+            stream.send()  # an envelope with no body
+            assert (await stream.read_kind("error")).error.code == "malformed"
+
+            seq = stream.send(ack=pb.CommandAck(command_id="nope", ok=True))
+            err = (await stream.read_kind("error")).error
+            assert (err.seq, err.code) == (seq, "unknown_command")
+
+            # One message with a good and a bad window: the good one is still decided.
+            stream.send(telemetry=pb.Telemetry(windows=[window(start=1001.0), window(instance="ghost")]))
+            assert (await stream.read_kind("error")).error.code == "unknown_instance"
+            items = await _wait_for_decisions(srv.http_url, 2)
+            assert [i["window_start"][:19] for i in items][-1].endswith("16:40")  # 1000 s -> 00:16:40
+            assert len(items) == 2  # nothing accepted was lost, nothing bad was stored
+        finally:
+            await stream.close()
+
+
+async def test_first_message_must_be_hello(sqlite_url: str) -> None:
+    async with running_server(sqlite_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(telemetry=pb.Telemetry(windows=[window()]))
+            try:
+                await stream.read()
+            except Exception as err:  # grpc.aio.AioRpcError
+                assert "Hello" in str(err)
+            else:
+                raise AssertionError("server accepted telemetry before Hello")
+        finally:
+            await stream.close()
+
+
+async def test_invalid_hello_is_refused_clearly(sqlite_url: str) -> None:
+    async with running_server(sqlite_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        bad = hello()
+        bad.instances[0].gpu_indices[:] = [7]
+        try:
+            stream.send(hello=bad)
+            try:
+                await stream.read()
+            except Exception as err:
+                assert "unknown GPUs [7]" in str(err)
+            else:
+                raise AssertionError("server accepted an instance on a GPU it does not have")
+        finally:
+            await stream.close()
