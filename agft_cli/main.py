@@ -11,21 +11,37 @@ from collections.abc import Sequence
 
 def _add_server_args(p: argparse.ArgumentParser, port: int | None, grpc_port: int | None) -> None:
     p.add_argument("--host", help="HTTP bind address (AGFT_HTTP_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=port, help="HTTP port (AGFT_HTTP_PORT, default 8000)")
+    p.add_argument(
+        "--port", type=int, default=port, help="HTTP port (AGFT_HTTP_PORT, default 8000)"
+    )
     p.add_argument("--grpc-host", help="gRPC bind address (AGFT_GRPC_HOST, default 127.0.0.1)")
     p.add_argument(
         "--grpc-port", type=int, default=grpc_port, help="gRPC port (AGFT_GRPC_PORT, default 50051)"
     )
-    p.add_argument("--database-url", help="SQLAlchemy URL (AGFT_DATABASE_URL, default sqlite:///agft.db)")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (AGFT_DATABASE_URL, default sqlite:///agft.db)"
+    )
     p.add_argument("--policy", help="decision policy (AGFT_POLICY, default static)")
-    p.add_argument("--static-clock-mhz", type=int, help="clock of the static policy (default: none)")
+    p.add_argument(
+        "--static-clock-mhz", type=int, help="clock of the static policy (default: none)"
+    )
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu", default="h100-sxm", help="simulated GPU profile (h100-sxm, a100-sxm, h100-nvl)")
-    p.add_argument("--model", default="llama-3.1-8b", help="simulated model profile (llama-3.1-8b, llama-2-70b)")
-    p.add_argument("--trace", help="Azure-schema CSV to replay (default: the shipped Azure conv 2023 trace)")
-    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's request rate")
+    p.add_argument(
+        "--gpu", default="h100-sxm", help="simulated GPU profile (h100-sxm, a100-sxm, h100-nvl)"
+    )
+    p.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        help="simulated model profile (llama-3.1-8b, llama-2-70b)",
+    )
+    p.add_argument(
+        "--trace", help="Azure-schema CSV to replay (default: the shipped Azure conv 2023 trace)"
+    )
+    p.add_argument(
+        "--rate-scale", type=float, default=1.0, help="multiply the trace's request rate"
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -34,38 +50,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    server = sub.add_parser("server", help="run the control-plane server (REST + gRPC)",
-                            description="Run the AGFT server: REST API, dashboard and the agent gRPC endpoint.")
+    server = sub.add_parser(
+        "server",
+        help="run the control-plane server (REST + gRPC)",
+        description="Run the AGFT server: REST API, dashboard and the agent gRPC endpoint.",
+    )
     _add_server_args(server, None, None)
 
-    agent = sub.add_parser("agent", help="run a node agent",
-                           description="Run the node agent: stream GPU and serving telemetry, apply clock commands.")
-    agent.add_argument("--server", default=None, help="server gRPC address host:port (default 127.0.0.1:50051)")
+    agent = sub.add_parser(
+        "agent",
+        help="run a node agent",
+        description="Run the node agent: stream GPU and serving telemetry, apply clock commands.",
+    )
+    agent.add_argument(
+        "--server", default=None, help="server gRPC address host:port (default 127.0.0.1:50051)"
+    )
     agent.add_argument("--node-id", help="node identity (default: hostname)")
     agent.add_argument("--config", help="JSON agent config file (server, node_id, instances)")
     agent.add_argument(
-        "--instance", action="append", default=[], metavar="SPEC",
+        "--instance",
+        action="append",
+        default=[],
+        metavar="SPEC",
         help="serving instance: name=vllm-0,url=http://HOST:PORT/metrics,gpus=0+1[,engine=vllm][,model=ID]",
     )
-    agent.add_argument("--backend", choices=("nvml", "sim"), default="nvml",
-                       help="GPU backend: real NVML, or a simulated GPU serving node (its instances are implied)")
-    agent.add_argument("--sim-instances", type=int, default=2, help="instances on the simulated node")
+    agent.add_argument(
+        "--backend",
+        choices=("nvml", "sim"),
+        default="nvml",
+        help="GPU backend: real NVML, or a simulated GPU serving node (its instances are implied)",
+    )
+    agent.add_argument(
+        "--sim-instances", type=int, default=2, help="instances on the simulated node"
+    )
     _add_sim_args(agent)
 
-    demo = sub.add_parser("demo", help="server on SQLite plus simulated GPU nodes, in one command",
-                          description="Run the server (embedded SQLite) and N simulated GPU nodes replaying a real trace.")
+    demo = sub.add_parser(
+        "demo",
+        help="server on SQLite plus simulated GPU nodes, in one command",
+        description="Run the server (embedded SQLite) and N simulated GPU nodes "
+        "replaying a real trace.",
+    )
     _add_server_args(demo, 8000, 50051)
     demo.add_argument("--nodes", type=int, default=2, help="simulated nodes")
     demo.add_argument("--instances-per-node", type=int, default=2)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _add_sim_args(demo)
 
-    sim = sub.add_parser("sim", help="simulator tools (sweep, ...)", add_help=False,
-                         description="Simulated GPU serving node tools.")
+    sim = sub.add_parser(
+        "sim",
+        help="simulator tools (sweep, ...)",
+        add_help=False,
+        description="Simulated GPU serving node tools.",
+    )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
 
-    sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)",
-                   description="Apply the database migrations to AGFT_DATABASE_URL.")
+    sub.add_parser(
+        "migrate",
+        help="apply database migrations (alembic upgrade head)",
+        description="Apply the database migrations to AGFT_DATABASE_URL.",
+    )
     return parser
 
 
@@ -90,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sim":
         from sim.cli import main as sim_main
 
-        return sim_main(list(args.sim_args))
+        return int(sim_main(list(args.sim_args)))
     if args.command == "migrate":
         from server.settings import Settings
         from server.store.migrate import upgrade_to_head

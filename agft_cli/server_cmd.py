@@ -29,7 +29,10 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
 def run_server(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     app = create_app(settings)
-    print(f"AGFT server: http://{settings.http_host}:{settings.http_port}/  "
-          f"(gRPC {settings.grpc_host}:{settings.grpc_port})", flush=True)
+    print(
+        f"AGFT server: http://{settings.http_host}:{settings.http_port}/  "
+        f"(gRPC {settings.grpc_host}:{settings.grpc_port})",
+        flush=True,
+    )
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
     return 0

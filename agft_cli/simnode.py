@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from node_agent.config import AgentConfig, InstanceConfig
 from sim.node import SimulatedNode
 from sim.workload import TraceWorkload, shipped_trace_path
 
+from node_agent.config import AgentConfig, InstanceConfig
 
-def start_sim_node(args: argparse.Namespace, node_name: str, instances: int, seed: int) -> SimulatedNode:
+
+def start_sim_node(
+    args: argparse.Namespace, node_name: str, instances: int, seed: int
+) -> SimulatedNode:
     trace = Path(args.trace) if args.trace else shipped_trace_path("azure_conv_2023")
     workload = TraceWorkload.from_csv(trace, rate_scale=args.rate_scale)
     node = SimulatedNode.create(

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import httpx
-
 from agft.v1 import agent_pb2 as pb
 from agft.v1 import agent_pb2_grpc as pb_grpc
+
 from node_agent import __version__
 from node_agent.backoff import Backoff
 from node_agent.clocks import ClockController
@@ -95,7 +95,7 @@ class Agent:
                 if err.code() in FATAL_CODES:
                     raise FatalLinkError(f"server refused us: {err.details()}") from err
                 log.warning("link to %s lost: %s %s", self.config.server, err.code(), err.details())
-            except (OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, OSError) as err:
                 log.warning("link to %s failed: %s", self.config.server, err)
             self.connected.clear()
             if self._stopping.is_set():
@@ -152,7 +152,9 @@ class Agent:
                 call.cancel()
         return True
 
-    async def _read_commands(self, call: grpc.aio.StreamStreamCall, send: Callable[..., None]) -> None:
+    async def _read_commands(
+        self, call: grpc.aio.StreamStreamCall, send: Callable[..., None]
+    ) -> None:
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:
@@ -164,8 +166,12 @@ class Agent:
                 ack = await asyncio.to_thread(self.clocks.reset_clocks, msg.reset_clocks)
             elif kind == "error":
                 self.errors_received.append(msg.error)
-                log.warning("server rejected message %d: %s: %s", msg.error.seq, msg.error.code,
-                            msg.error.message)
+                log.warning(
+                    "server rejected message %d: %s: %s",
+                    msg.error.seq,
+                    msg.error.code,
+                    msg.error.message,
+                )
                 continue
             else:
                 log.info("ignoring server message %s", kind)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from agft.v1 import agent_pb2 as pb
+
 from node_agent.gpu.base import GpuBackend, GpuError
 from node_agent.lease import Lease, LeaseTable
 
@@ -108,7 +109,9 @@ class ClockController:
         return errors
 
     def _ack(self, command_id: str, instance: str, gpus: tuple[int, ...]) -> pb.CommandAck:
-        ack = pb.CommandAck(command_id=command_id, instance=instance, ok=True, applied_at_s=self._wall())
+        ack = pb.CommandAck(
+            command_id=command_id, instance=instance, ok=True, applied_at_s=self._wall()
+        )
         for index in gpus:
             applied = pb.AppliedClocks(gpu_index=index)
             try:
@@ -124,5 +127,9 @@ class ClockController:
     def _fail(self, command_id: str, instance: str, error: str) -> pb.CommandAck:
         log.warning("command %s for %s failed: %s", command_id, instance, error)
         return pb.CommandAck(
-            command_id=command_id, instance=instance, ok=False, error=error, applied_at_s=self._wall()
+            command_id=command_id,
+            instance=instance,
+            ok=False,
+            error=error,
+            applied_at_s=self._wall(),
         )

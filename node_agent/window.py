@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from agft.v1 import agent_pb2 as pb
+
 from node_agent.gpu.base import GpuBackend, GpuError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ class GpuWindowSampler:
         now = self._clock()
         self.window_start_s = now
         for index in self._indices:
-            self._marks[index] = _EnergyMark(now, _try(lambda i=index: self._backend.total_energy_mj(i)))
+            self._marks[index] = _EnergyMark(now, self._energy_mj(index))
+
+    def _energy_mj(self, index: int) -> int | None:
+        return _try(lambda: self._backend.total_energy_mj(index))
 
     def sample(self) -> tuple[float, float, dict[int, pb.GpuWindow]]:
         """Close the current window: (start_s, end_s, per-GPU window); the next one starts now."""
@@ -67,7 +71,7 @@ class GpuWindowSampler:
     def _gpu_window(self, index: int, end: float) -> pb.GpuWindow:
         b = self._backend
         w = pb.GpuWindow(index=index)
-        energy = _try(lambda: b.total_energy_mj(index))
+        energy = self._energy_mj(index)
         mark = self._marks.get(index)
         if energy is not None and mark is not None and mark.energy_mj is not None:
             delta_mj = energy - mark.energy_mj

@@ -17,8 +17,13 @@ def _section_b() -> str:
     return SAMPLE.split("SECTION B (synthetic values)", 1)[1].split("\n", 1)[1]
 
 
-def _exposition(running: float, gen: float, ttft_le: dict[str, float], ttft_sum: float,
-                kv_name: str = "vllm:kv_cache_usage_perc") -> str:
+def _exposition(
+    running: float,
+    gen: float,
+    ttft_le: dict[str, float],
+    ttft_sum: float,
+    kv_name: str = "vllm:kv_cache_usage_perc",
+) -> str:
     lines = [
         "# TYPE vllm:num_requests_running gauge",
         f'vllm:num_requests_running{{engine="0",model_name="m"}} {running}',
@@ -27,9 +32,12 @@ def _exposition(running: float, gen: float, ttft_le: dict[str, float], ttft_sum:
         f'vllm:generation_tokens_total{{engine="0",model_name="m"}} {gen}',
     ]
     for le, count in ttft_le.items():
-        lines.append(f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="{le}",model_name="m"}} {count}')
+        labels = f'engine="0",le="{le}",model_name="m"'
+        lines.append(f"vllm:time_to_first_token_seconds_bucket{{{labels}}} {count}")
     lines.append(f'vllm:time_to_first_token_seconds_sum{{engine="0",model_name="m"}} {ttft_sum}')
-    lines.append(f'vllm:time_to_first_token_seconds_count{{engine="0",model_name="m"}} {ttft_le["+Inf"]}')
+    lines.append(
+        f'vllm:time_to_first_token_seconds_count{{engine="0",model_name="m"}} {ttft_le["+Inf"]}'
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -46,7 +54,9 @@ def test_parses_vllm_v1_sample_with_labels_and_buckets() -> None:
 
 
 def test_parses_legacy_docs_example_without_engine_label() -> None:
-    section_a = SAMPLE.split("=== SECTION A ===", 1)[1].split("\n", 1)[1].split("=== SECTION B", 1)[0]
+    section_a = (
+        SAMPLE.split("=== SECTION A ===", 1)[1].split("\n", 1)[1].split("=== SECTION B", 1)[0]
+    )
     lines = [ln for ln in section_a.splitlines() if ln.strip() != "..."]
     snap = snapshot(exposition.parse("\n".join(lines)), VLLM)
     assert snap.values["running"] == 8.0
@@ -55,8 +65,12 @@ def test_parses_legacy_docs_example_without_engine_label() -> None:
 
 
 def test_window_differences_counters_and_histograms() -> None:
-    prev = snapshot(exposition.parse(_exposition(4, 1000, {"0.1": 5, "1.0": 8, "+Inf": 9}, 3.0)), VLLM)
-    cur = snapshot(exposition.parse(_exposition(6, 1600, {"0.1": 7, "1.0": 12, "+Inf": 14}, 5.5)), VLLM)
+    prev = snapshot(
+        exposition.parse(_exposition(4, 1000, {"0.1": 5, "1.0": 8, "+Inf": 9}, 3.0)), VLLM
+    )
+    cur = snapshot(
+        exposition.parse(_exposition(6, 1600, {"0.1": 7, "1.0": 12, "+Inf": 14}, 5.5)), VLLM
+    )
     w = window(prev, cur)
     assert w.available and not w.counters_reset
     assert w.num_requests_running == 6
@@ -67,8 +81,12 @@ def test_window_differences_counters_and_histograms() -> None:
 
 
 def test_counter_going_backwards_is_a_restart_not_a_negative_delta() -> None:
-    prev = snapshot(exposition.parse(_exposition(4, 5000, {"0.1": 50, "1.0": 80, "+Inf": 90}, 30.0)), VLLM)
-    cur = snapshot(exposition.parse(_exposition(1, 120, {"0.1": 1, "1.0": 2, "+Inf": 2}, 0.4)), VLLM)
+    prev = snapshot(
+        exposition.parse(_exposition(4, 5000, {"0.1": 50, "1.0": 80, "+Inf": 90}, 30.0)), VLLM
+    )
+    cur = snapshot(
+        exposition.parse(_exposition(1, 120, {"0.1": 1, "1.0": 2, "+Inf": 2}, 0.4)), VLLM
+    )
     w = window(prev, cur)
     assert w.counters_reset
     assert w.generation_tokens == 120

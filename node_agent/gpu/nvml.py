@@ -7,6 +7,7 @@ the agent resets every managed GPU, so no lock it does not own survives.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,10 +37,8 @@ class NvmlBackend(GpuBackend):
         self._lock = threading.Lock()
         self._locks: dict[int, tuple[int, int]] = {}
         self._call(self._nvml.nvmlInit)
-        self._handles = [
-            self._call(lambda i=i: self._nvml.nvmlDeviceGetHandleByIndex(i))
-            for i in range(self._call(self._nvml.nvmlDeviceGetCount))
-        ]
+        count: int = self._call(self._nvml.nvmlDeviceGetCount)
+        self._handles: list[Any] = [self._handle_by_index(i) for i in range(count)]
 
     # ---- error mapping ------------------------------------------------------------
     def _call(self, fn: Callable[[], T]) -> T:
@@ -63,6 +62,9 @@ class NvmlBackend(GpuBackend):
                 raise GpuUnavailableError(str(err)) from err
             raise GpuError(str(err)) from err
 
+    def _handle_by_index(self, index: int) -> Any:
+        return self._call(lambda: self._nvml.nvmlDeviceGetHandleByIndex(index))
+
     def _h(self, index: int) -> Any:
         if not 0 <= index < len(self._handles):
             raise GpuInvalidArgumentError(f"no GPU with index {index}")
@@ -80,7 +82,9 @@ class NvmlBackend(GpuBackend):
 
     def supported_memory_clocks_mhz(self, index: int) -> list[int]:
         h = self._h(index)
-        return sorted(self._call(lambda: self._nvml.nvmlDeviceGetSupportedMemoryClocks(h)), reverse=True)
+        return sorted(
+            self._call(lambda: self._nvml.nvmlDeviceGetSupportedMemoryClocks(h)), reverse=True
+        )
 
     def supported_sm_clocks_mhz(self, index: int, memory_clock_mhz: int) -> list[int]:
         h = self._h(index)
@@ -92,11 +96,15 @@ class NvmlBackend(GpuBackend):
     def default_sm_clock_mhz(self, index: int) -> int:
         # Under load with nothing locked, the governor boosts to the max clock.
         h = self._h(index)
-        return int(self._call(lambda: self._nvml.nvmlDeviceGetMaxClockInfo(h, self._nvml.NVML_CLOCK_SM)))
+        return int(
+            self._call(lambda: self._nvml.nvmlDeviceGetMaxClockInfo(h, self._nvml.NVML_CLOCK_SM))
+        )
 
     def default_memory_clock_mhz(self, index: int) -> int:
         h = self._h(index)
-        return int(self._call(lambda: self._nvml.nvmlDeviceGetMaxClockInfo(h, self._nvml.NVML_CLOCK_MEM)))
+        return int(
+            self._call(lambda: self._nvml.nvmlDeviceGetMaxClockInfo(h, self._nvml.NVML_CLOCK_MEM))
+        )
 
     def power_limit_mw(self, index: int) -> int:
         h = self._h(index)
@@ -113,11 +121,15 @@ class NvmlBackend(GpuBackend):
 
     def sm_clock_mhz(self, index: int) -> int:
         h = self._h(index)
-        return int(self._call(lambda: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_SM)))
+        return int(
+            self._call(lambda: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_SM))
+        )
 
     def memory_clock_mhz(self, index: int) -> int:
         h = self._h(index)
-        return int(self._call(lambda: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_MEM)))
+        return int(
+            self._call(lambda: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_MEM))
+        )
 
     def utilization(self, index: int) -> Utilization:
         h = self._h(index)
@@ -154,10 +166,8 @@ class NvmlBackend(GpuBackend):
             return self._locks.get(index)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(GpuError):
             self._call(self._nvml.nvmlShutdown)
-        except GpuError:
-            pass
 
 
 def _text(value: object) -> str:

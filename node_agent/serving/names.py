@@ -53,7 +53,10 @@ SGLANG = EngineNames(
     prefix_cache_hits=(),
     requests_finished=("sglang:num_requests_total",),
     ttft=("sglang:time_to_first_token_seconds",),
-    inter_token_latency=("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
+    inter_token_latency=(
+        "sglang:inter_token_latency_seconds",
+        "sglang:time_per_output_token_seconds",
+    ),
     e2e_latency=("sglang:e2e_request_latency_seconds",),
     iteration_tokens=(),
 )

@@ -8,11 +8,13 @@ is flagged. A metric the engine does not expose, or exposes as NaN, stays unknow
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 from agft.v1 import agent_pb2 as pb
+
 from node_agent.serving.exposition import Sample
 from node_agent.serving.names import EngineNames
 
@@ -117,7 +119,7 @@ def _histogram_delta(
     reset = count < 0 or any(d < 0 for d in diff)
     if reset:
         diff, count, total = list(cur.cumulative), cur.count, cur.sum
-    per_bucket = [round(diff[0])] + [round(b - a) for a, b in zip(diff, diff[1:], strict=False)]
+    per_bucket = [round(diff[0])] + [round(b - a) for a, b in itertools.pairwise(diff)]
     if any(n < 0 for n in per_bucket):
         return None, reset  # inconsistent exposition: say unknown rather than guess
     return (

@@ -38,7 +38,9 @@ def list_decisions(
     instance_id: int,
     db: DbSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, description="id cursor from the previous page")] = None,
+    before_id: Annotated[
+        int | None, Query(ge=1, description="id cursor from the previous page")
+    ] = None,
 ) -> DecisionPage:
     if queries.instance(db, instance_id) is None:
         raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from agft.v1 import agent_pb2 as pb
 from sqlalchemy.orm import Session, sessionmaker
 
-from agft.v1 import agent_pb2 as pb
 from server.control.observation import HistogramDelta, Observation
 from server.control.policy import ClockArms, ClockDecision, Policy
 from server.fleet import validation
@@ -119,10 +119,15 @@ class FleetService:
         self, session: AgentSession, runtime: InstanceRuntime, obs: Observation, now: datetime
     ) -> None:
         decision = runtime.policy.decide(obs, runtime.arms)
-        if decision.sm_clock_mhz is not None and decision.sm_clock_mhz not in runtime.arms.supported_mhz:
+        if (
+            decision.sm_clock_mhz is not None
+            and decision.sm_clock_mhz not in runtime.arms.supported_mhz
+        ):
             # A policy bug must never reach a GPU.
             log.error("policy %s chose unsupported clock %s", runtime.policy.name, decision)
-            decision = ClockDecision(None, "policy chose an unsupported clock; default", decision.features)
+            decision = ClockDecision(
+                None, "policy chose an unsupported clock; default", decision.features
+            )
         command_id = self._command_for(session, runtime, decision, now)
         runtime.decisions += 1
         serving = obs.serving
@@ -150,7 +155,11 @@ class FleetService:
         )
 
     def _command_for(
-        self, session: AgentSession, runtime: InstanceRuntime, decision: ClockDecision, now: datetime
+        self,
+        session: AgentSession,
+        runtime: InstanceRuntime,
+        decision: ClockDecision,
+        now: datetime,
     ) -> str | None:
         """Send a command when the clock changes, and renew every lease each window."""
         clock = decision.sm_clock_mhz
@@ -218,7 +227,9 @@ class FleetService:
             for a in ack.applied
         ]
         if not ack.ok:
-            log.warning("agent %s failed command %s: %s", session.node_id, ack.command_id, ack.error)
+            log.warning(
+                "agent %s failed command %s: %s", session.node_id, ack.command_id, ack.error
+            )
         self._writer.add_ack(
             {
                 "id": ack.command_id,

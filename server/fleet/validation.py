@@ -6,10 +6,12 @@ of the same message, and everything accepted before, are unaffected.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
 from agft.v1 import agent_pb2 as pb
+
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 
 MAX_WINDOW_S = 3600.0
@@ -58,7 +60,7 @@ def histogram(h: pb.Histogram, field: str) -> HistogramDelta | None:
     if len(counts) != len(bounds) + 1:
         raise _bad(f"{field}.bucket_counts", len(counts), f"need {len(bounds) + 1} buckets")
     if any(not math.isfinite(b) for b in bounds) or any(
-        b2 <= b1 for b1, b2 in zip(bounds, bounds[1:], strict=False)
+        b2 <= b1 for b1, b2 in itertools.pairwise(bounds)
     ):
         raise _bad(f"{field}.upper_bounds", bounds, "must be finite and strictly ascending")
     if sum(counts) != h.count:

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from agft.v1 import agent_pb2 as pb
 from google.protobuf.message import DecodeError
 
-from agft.v1 import agent_pb2 as pb
 from server.fleet.runtime import AgentSession
 from server.fleet.service import FleetService
 from server.fleet.validation import InvalidMessageError
@@ -115,4 +115,6 @@ def add_to_server(servicer: AgentLinkServicer, server: grpc.aio.Server) -> None:
         request_deserializer=_deserialize,
         response_serializer=pb.ServerMessage.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Connect": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Connect": handler}),)
+    )

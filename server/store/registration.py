@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from agft.v1 import agent_pb2 as pb
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from agft.v1 import agent_pb2 as pb
 from server.store.models import Gpu, Instance, Node
 
 ENGINE_NAMES = {pb.ENGINE_VLLM: "vllm", pb.ENGINE_SGLANG: "sglang"}
@@ -46,18 +46,22 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
             row.updated_at = now
             db.add(row)
 
-        existing = {i.name: i for i in db.scalars(select(Instance).where(Instance.node_pk == node.id))}
+        existing = {
+            i.name: i for i in db.scalars(select(Instance).where(Instance.node_pk == node.id))
+        }
         ids: dict[str, int] = {}
         for inst in hello.instances:
-            row = existing.get(inst.name) or Instance(node_pk=node.id, name=inst.name, created_at=now)
-            row.engine = ENGINE_NAMES.get(inst.engine, "unknown")
-            row.metrics_url = inst.metrics_url
-            row.model_name = inst.model_name
-            row.gpu_indices = list(inst.gpu_indices)
-            row.last_seen_at = now
-            db.add(row)
+            irow = existing.get(inst.name) or Instance(
+                node_pk=node.id, name=inst.name, created_at=now
+            )
+            irow.engine = ENGINE_NAMES.get(inst.engine, "unknown")
+            irow.metrics_url = inst.metrics_url
+            irow.model_name = inst.model_name
+            irow.gpu_indices = list(inst.gpu_indices)
+            irow.last_seen_at = now
+            db.add(irow)
             db.flush()
-            ids[inst.name] = row.id
+            ids[inst.name] = irow.id
         return Registered(node_pk=node.id, instance_ids=ids)
 
 

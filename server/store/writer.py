@@ -8,6 +8,7 @@ nothing the server accepted is lost while the process lives, and shutdown flushe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,16 +71,14 @@ class BatchWriter:
     async def flush(self) -> None:
         """Wait until everything enqueued so far is written."""
         while not (self._queue.empty() and self._idle.is_set()):
-            await asyncio.sleep(0.01)
+            await self._idle.wait()
 
     async def stop(self) -> None:
         await self.flush()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     # -- consumer ------------------------------------------------------------------

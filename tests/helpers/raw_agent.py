@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
 from agft.v1 import agent_pb2 as pb
 
 H100_CLOCKS = list(range(1980, 344, -15))
@@ -44,14 +43,22 @@ def hello(node_id: str = "raw-node", instances: int = 1) -> pb.Hello:
     )
 
 
-def window(instance: str = "vllm-0", start: float = 1000.0, energy_j: float = 300.0, **serving: Any) -> pb.InstanceWindow:
+def window(
+    instance: str = "vllm-0", start: float = 1000.0, energy_j: float = 300.0, **serving: Any
+) -> pb.InstanceWindow:
     gpu_index = int(instance.rsplit("-", 1)[1]) if instance.startswith("vllm-") else 0
     return pb.InstanceWindow(
         instance=instance,
         window_start_s=start,
         window_end_s=start + 1.0,
-        gpus=[pb.GpuWindow(index=gpu_index, energy_j=energy_j, avg_power_w=energy_j, sm_clock_mhz=1980)],
-        serving=pb.ServingWindow(available=True, num_requests_running=3, generation_tokens=400, **serving),
+        gpus=[
+            pb.GpuWindow(
+                index=gpu_index, energy_j=energy_j, avg_power_w=energy_j, sm_clock_mhz=1980
+            )
+        ],
+        serving=pb.ServingWindow(
+            available=True, num_requests_running=3, generation_tokens=400, **serving
+        ),
     )
 
 
@@ -82,15 +89,15 @@ class RawStream:
     def send_bytes(self, data: bytes) -> None:
         self._out.put_nowait(data)
 
-    async def read(self, timeout: float = 5.0) -> pb.ServerMessage:
-        msg = await asyncio.wait_for(self.call.read(), timeout)
+    async def read(self, wait_s: float = 5.0) -> pb.ServerMessage:
+        msg = await asyncio.wait_for(self.call.read(), wait_s)
         assert msg is not grpc.aio.EOF, "server closed the stream"
         return msg  # type: ignore[no-any-return]
 
-    async def read_kind(self, kind: str, timeout: float = 5.0) -> pb.ServerMessage:
+    async def read_kind(self, kind: str, wait_s: float = 5.0) -> pb.ServerMessage:
         """Read until a message of this kind arrives (others are collected in .seen)."""
         while True:
-            msg = await self.read(timeout)
+            msg = await self.read(wait_s)
             if msg.WhichOneof("body") == kind:
                 return msg
 

@@ -24,7 +24,9 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_server(database_url: str, grpc_port: int = 0, **overrides: Any) -> AsyncIterator[RunningServer]:
+async def running_server(
+    database_url: str, grpc_port: int = 0, **overrides: Any
+) -> AsyncIterator[RunningServer]:
     settings = Settings(
         database_url=database_url,
         http_host="127.0.0.1",
@@ -42,7 +44,9 @@ async def running_server(database_url: str, grpc_port: int = 0, **overrides: Any
         await asyncio.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningServer(app, f"http://127.0.0.1:{port}", f"127.0.0.1:{app.state.grpc_port}", settings)
+        yield RunningServer(
+            app, f"http://127.0.0.1:{port}", f"127.0.0.1:{app.state.grpc_port}", settings
+        )
     finally:
         server.should_exit = True
         await task

@@ -1,0 +1,86 @@
+"""Simulated GPU serving nodes wired to real agents, for loop tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sim.node import SimulatedNode
+from sim.workload import TraceWorkload, shipped_trace_path
+
+from node_agent.agent import Agent
+from node_agent.config import AgentConfig, InstanceConfig
+
+
+def sim_node(name: str = "test-node", instances: int = 2, rate_scale: float = 1.0) -> SimulatedNode:
+    workload = TraceWorkload.from_csv(shipped_trace_path("azure_conv_2023"), rate_scale=rate_scale)
+    node = SimulatedNode.create(
+        gpu="h100-sxm",
+        model="llama-3.1-8b",
+        instances=instances,
+        workload=workload,
+        clock="realtime",
+        seed=0,
+        node_name=name,
+    )
+    node.start()
+    return node
+
+
+def agent_config(node: SimulatedNode, server: str, node_id: str, **kw: float) -> AgentConfig:
+    return AgentConfig(
+        server=server,
+        node_id=node_id,
+        instances=tuple(
+            InstanceConfig(
+                name=i.name,
+                metrics_url=i.metrics_url,
+                gpu_indices=tuple(i.gpu_indices),
+                engine=i.engine,
+                model_name=i.model_name,
+            )
+            for i in node.instances
+        ),
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+        lease_check_s=0.05,
+        **kw,
+    )
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    node: SimulatedNode
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def running_agent(
+    server: str, name: str = "test-node", instances: int = 2
+) -> AsyncIterator[RunningAgent]:
+    node = await asyncio.to_thread(sim_node, name, instances)
+    agent = Agent(agent_config(node, server, name), node.backend)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield RunningAgent(agent, node, task)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+        node.stop()
+
+
+async def eventually(predicate: object, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll a sync or async predicate until it is true."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = predicate()  # type: ignore[operator]
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

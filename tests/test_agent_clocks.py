@@ -1,0 +1,95 @@
+"""The agent's clock application on a simulated GPU: TP groups, bad clocks, leases."""
+
+from __future__ import annotations
+
+from agft.v1 import agent_pb2 as pb
+
+from node_agent.clocks import ClockController
+from tests.helpers.simnode import sim_node
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_clock_outside_supported_list_is_refused_and_nothing_changes() -> None:
+    node = sim_node(instances=1)
+    try:
+        clocks = ClockController(node.backend, {"vllm-0": (0,)})
+        ack = clocks.set_clocks(
+            pb.SetClocks(
+                command_id="c1",
+                instance="vllm-0",
+                min_sm_clock_mhz=1234,
+                max_sm_clock_mhz=1234,
+                lease_s=5,
+            )
+        )
+        assert not ack.ok
+        assert "1234" in ack.error
+        assert node.backend.locked_sm_clocks_mhz(0) is None
+        assert clocks.leases.get("vllm-0") is None
+    finally:
+        node.stop()
+
+
+def test_unknown_instance_is_refused() -> None:
+    node = sim_node(instances=1)
+    try:
+        clocks = ClockController(node.backend, {"vllm-0": (0,)})
+        ack = clocks.reset_clocks(pb.ResetClocks(command_id="c2", instance="nope"))
+        assert not ack.ok and "nope" in ack.error
+    finally:
+        node.stop()
+
+
+def test_lease_runs_out_on_the_agents_clock() -> None:
+    node = sim_node(instances=1)
+    try:
+        mono = FakeMonotonic()
+        clocks = ClockController(node.backend, {"vllm-0": (0,)}, monotonic=mono)
+        ack = clocks.set_clocks(
+            pb.SetClocks(
+                command_id="c3",
+                instance="vllm-0",
+                min_sm_clock_mhz=1200,
+                max_sm_clock_mhz=1200,
+                lease_s=2.0,
+            )
+        )
+        assert ack.ok
+        assert ack.applied[0].locked_max_sm_clock_mhz == 1200
+        mono.now += 1.9
+        assert clocks.expire_leases() == []
+        assert node.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+        mono.now += 0.2
+        assert [lease.instance for lease in clocks.expire_leases()] == ["vllm-0"]
+        assert node.backend.locked_sm_clocks_mhz(0) is None
+    finally:
+        node.stop()
+
+
+def test_renewal_extends_the_lease() -> None:
+    node = sim_node(instances=1)
+    try:
+        mono = FakeMonotonic()
+        clocks = ClockController(node.backend, {"vllm-0": (0,)}, monotonic=mono)
+        cmd = pb.SetClocks(
+            command_id="c4",
+            instance="vllm-0",
+            min_sm_clock_mhz=1200,
+            max_sm_clock_mhz=1200,
+            lease_s=2.0,
+        )
+        clocks.set_clocks(cmd)
+        mono.now += 1.5
+        clocks.set_clocks(cmd)
+        mono.now += 1.5
+        assert clocks.expire_leases() == []
+        assert node.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+    finally:
+        node.stop()
