@@ -8,12 +8,12 @@ import contextlib
 import signal
 
 import uvicorn
-from sim.node import SimulatedNode
 
 from agft_cli.server_cmd import settings_from_args
 from agft_cli.simnode import agent_config_for, start_sim_node
 from node_agent.agent import Agent
 from server.app import create_app
+from sim.node import SimulatedNode
 
 
 async def _demo(args: argparse.Namespace) -> None:

@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per /metrics scrape is noise, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "server":
         from agft_cli.server_cmd import run_server
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from node_agent.config import AgentConfig, InstanceConfig
 from sim.node import SimulatedNode
 from sim.workload import TraceWorkload, shipped_trace_path
-
-from node_agent.config import AgentConfig, InstanceConfig
 
 
 def start_sim_node(

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import httpx
+
 from agft.v1 import agent_pb2 as pb
 from agft.v1 import agent_pb2_grpc as pb_grpc
-
 from node_agent import __version__
 from node_agent.backoff import Backoff
 from node_agent.clocks import ClockController

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 
 from agft.v1 import agent_pb2 as pb
-
 from node_agent.gpu.base import GpuBackend, GpuError
 from node_agent.lease import Lease, LeaseTable
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from agft.v1 import agent_pb2 as pb
-
 from node_agent.gpu.base import GpuBackend, GpuError
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,9 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
-    num_gpu_blocks: int | None = None  # override the computed KV capacity (e.g. to force preemption)
+    num_gpu_blocks: int | None = (
+        None  # override the computed KV capacity (e.g. to force preemption)
+    )
     prefix_cache_hit_fraction: float = 0.0  # share of each new prompt found in the prefix cache
     completed_history: int = 100_000  # completed-request records kept (realtime runs forever)
 
@@ -171,6 +173,8 @@ class Engine:
         self._step_tokens = 0
         self.steps = 0
         self.busy_s = 0.0
+        self.clock_time_integral = 0.0  # sum of effective clock x step time (MHz s)
+        self.capped_s = 0.0  # step time spent power-capped
 
     # ---- driving ------------------------------------------------------------------------
     def advance_to(self, t: float) -> None:
@@ -328,6 +332,9 @@ class Engine:
         self._step_tokens = new_tokens
         self.steps += 1
         self.busy_s += out.duration_s
+        self.clock_time_integral += out.clock_mhz * out.duration_s
+        if out.power_capped:
+            self.capped_s += out.duration_s
         return True
 
     # ---- completing a step ----------------------------------------------------------------

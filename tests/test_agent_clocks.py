@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agft.v1 import agent_pb2 as pb
-
 from node_agent.clocks import ClockController
 from tests.helpers.simnode import sim_node
 

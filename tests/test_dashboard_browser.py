@@ -14,12 +14,13 @@ from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not os.path.exists(CHROMIUM):
+    if not HAVE_CHROMIUM:
         if os.environ.get("AGFT_REQUIRE_BROWSER") == "1":
             pytest.fail("chromium is not installed but AGFT_REQUIRE_BROWSER=1")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")

@@ -6,8 +6,8 @@ import asyncio
 import math
 
 import httpx
-from agft.v1 import agent_pb2 as pb
 
+from agft.v1 import agent_pb2 as pb
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import running_server
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from agft.v1 import agent_pb2 as pb
 
+from agft.v1 import agent_pb2 as pb
 from node_agent.serving import exposition
 from node_agent.serving.names import BY_ENGINE
 from node_agent.serving.snapshot import ServingSnapshot, snapshot, window

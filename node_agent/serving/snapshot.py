@@ -14,7 +14,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from agft.v1 import agent_pb2 as pb
-
 from node_agent.serving.exposition import Sample
 from node_agent.serving.names import EngineNames
 

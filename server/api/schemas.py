@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class GpuOut(BaseModel):
@@ -28,8 +36,8 @@ class NodeOut(BaseModel):
     hostname: str
     agent_version: str
     connected: bool
-    first_seen_at: datetime
-    last_seen_at: datetime
+    first_seen_at: UtcDatetime
+    last_seen_at: UtcDatetime
     gpus: list[GpuOut]
 
 
@@ -44,7 +52,7 @@ class InstanceOut(BaseModel):
     metrics_url: str
     gpu_indices: list[int]
     connected: bool
-    last_seen_at: datetime
+    last_seen_at: UtcDatetime
 
 
 class DecisionOut(BaseModel):
@@ -52,9 +60,9 @@ class DecisionOut(BaseModel):
 
     id: int
     instance_id: int
-    decided_at: datetime
-    window_start: datetime
-    window_end: datetime
+    decided_at: UtcDatetime
+    window_start: UtcDatetime
+    window_end: UtcDatetime
     policy: str
     features: dict[str, Any]
     clock_in_force_mhz: int | None

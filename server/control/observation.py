@@ -63,6 +63,11 @@ class ServingSample:
     requests_finished: float | None
     ttft_s: HistogramDelta | None
     inter_token_latency_s: HistogramDelta | None
+    prefix_cache_queries: float | None = None
+    prefix_cache_hits: float | None = None
+    e2e_latency_s: HistogramDelta | None = None
+    iteration_tokens: HistogramDelta | None = None
+    counters_reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)

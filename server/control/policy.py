@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.control.observation import Observation
 
@@ -30,6 +31,15 @@ class ClockArms:
 
 
 @dataclass(frozen=True, slots=True)
+class SloTargets:
+    """Latency objectives of an instance: a percentile of TTFT and of TPOT (inter-token)."""
+
+    ttft_s: float = 2.0
+    tpot_s: float = 0.1
+    percentile: float = 90.0
+
+
+@dataclass(frozen=True, slots=True)
 class ClockDecision:
     """A policy's answer. sm_clock_mhz None means: default clocks (release any lock)."""
 
@@ -46,3 +56,12 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision: ...
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue learning after a restart (JSON-safe, no pickle)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what state() returned; unknown or malformed state raises ValueError."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state")

@@ -7,7 +7,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from agft.v1 import agent_pb2 as pb
-
 from server.control.policy import ClockArms, Policy
 
 

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agft.v1 import agent_pb2 as pb
 from sqlalchemy.orm import Session, sessionmaker
 
+from agft.v1 import agent_pb2 as pb
 from server.control.observation import HistogramDelta, Observation
 from server.control.policy import ClockArms, ClockDecision, Policy
 from server.fleet import validation

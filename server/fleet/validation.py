@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 
 from agft.v1 import agent_pb2 as pb
-
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 
 MAX_WINDOW_S = 3600.0
@@ -105,6 +104,11 @@ def serving_sample(s: pb.ServingWindow) -> ServingSample | None:
         requests_finished=_opt_float(s, "requests_finished", "serving.requests_finished"),
         ttft_s=histogram(s.ttft_s, "serving.ttft_s"),
         inter_token_latency_s=histogram(s.inter_token_latency_s, "serving.inter_token_latency_s"),
+        prefix_cache_queries=_opt_float(s, "prefix_cache_queries", "serving.prefix_cache_queries"),
+        prefix_cache_hits=_opt_float(s, "prefix_cache_hits", "serving.prefix_cache_hits"),
+        e2e_latency_s=histogram(s.e2e_latency_s, "serving.e2e_latency_s"),
+        iteration_tokens=histogram(s.iteration_tokens, "serving.iteration_tokens"),
+        counters_reset=s.counters_reset,
     )
 
 

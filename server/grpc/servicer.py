@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from agft.v1 import agent_pb2 as pb
 from google.protobuf.message import DecodeError
 
+from agft.v1 import agent_pb2 as pb
 from server.fleet.runtime import AgentSession
 from server.fleet.service import FleetService
 from server.fleet.validation import InvalidMessageError

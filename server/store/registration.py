@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agft.v1 import agent_pb2 as pb
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from agft.v1 import agent_pb2 as pb
 from server.store.models import Gpu, Instance, Node
 
 ENGINE_NAMES = {pb.ENGINE_VLLM: "vllm", pb.ENGINE_SGLANG: "sglang"}

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from agft.v1 import agent_pb2 as pb
 
 H100_CLOCKS = list(range(1980, 344, -15))

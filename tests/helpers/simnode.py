@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sim.node import SimulatedNode
-from sim.workload import TraceWorkload, shipped_trace_path
-
 from node_agent.agent import Agent
 from node_agent.config import AgentConfig, InstanceConfig
+from sim.node import SimulatedNode
+from sim.workload import TraceWorkload, shipped_trace_path
 
 
 def sim_node(name: str = "test-node", instances: int = 2, rate_scale: float = 1.0) -> SimulatedNode:
