@@ -1,7 +1,7 @@
 """Applying clock commands to a serving instance's GPUs, under leases.
 
-A tensor-parallel group moves together: if any GPU refuses the lock, the ones
-already locked are reset, so a group never runs at mixed clocks by our hand.
+A tensor-parallel group moves together: if any GPU refuses the lock, the whole
+group is reset to default, so a group never runs at mixed clocks by our hand.
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ class ClockController:
         """Give every managed GPU back to its governor (start-up, shutdown)."""
         for instance in self._instance_gpus:
             self.leases.release(instance)
-        for index in sorted({i for g in self._instance_gpus.values() for i in g}):
-            try:
-                self._backend.reset_locked_sm_clocks(index)
-            except GpuError as err:
-                log.error("cannot reset GPU %d (%s): %s", index, reason, err)
+        gpus = tuple(sorted({i for g in self._instance_gpus.values() for i in g}))
+        for error in self._reset(gpus):
+            log.error("cannot reset (%s): %s", reason, error)
         log.info("reset clocks of all managed GPUs: %s", reason)
 
     def set_clocks(self, cmd: pb.SetClocks) -> pb.CommandAck:
@@ -48,20 +46,18 @@ class ClockController:
             return self._fail(cmd.command_id, cmd.instance, f"unknown instance {cmd.instance!r}")
         if cmd.min_sm_clock_mhz > cmd.max_sm_clock_mhz or cmd.lease_s <= 0:
             return self._fail(cmd.command_id, cmd.instance, "invalid clock range or lease")
-        done: list[int] = []
+        memory = cmd.memory_clock_mhz if cmd.HasField("memory_clock_mhz") else None
         try:
             for index in gpus:
                 self._backend.set_locked_sm_clocks_mhz(
                     index, cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz
                 )
-                done.append(index)
+                if memory is not None:
+                    self._backend.set_locked_memory_clocks_mhz(index, memory, memory)
         except GpuError as err:
-            for index in done:
-                try:
-                    self._backend.reset_locked_sm_clocks(index)
-                except GpuError:
-                    log.exception("rollback reset of GPU %d failed", index)
-            # The old lease (if any) is void now: its GPUs were reset.
+            # The whole group goes back to default: no member may keep a lock (new or
+            # from an earlier lease) that no lease covers any more.
+            self._reset(gpus)
             self.leases.release(cmd.instance)
             return self._fail(cmd.command_id, cmd.instance, f"{type(err).__name__}: {err}")
         self.leases.grant(
@@ -101,10 +97,14 @@ class ClockController:
     def _reset(self, gpus: tuple[int, ...]) -> list[str]:
         errors = []
         for index in gpus:
-            try:
-                self._backend.reset_locked_sm_clocks(index)
-            except GpuError as err:
-                errors.append(f"gpu {index}: {type(err).__name__}: {err}")
+            for reset in (
+                self._backend.reset_locked_sm_clocks,
+                self._backend.reset_locked_memory_clocks,
+            ):
+                try:
+                    reset(index)
+                except GpuError as err:
+                    errors.append(f"gpu {index}: {type(err).__name__}: {err}")
         return errors
 
     def _ack(self, command_id: str, instance: str, gpus: tuple[int, ...]) -> pb.CommandAck:

@@ -92,3 +92,35 @@ def test_renewal_extends_the_lease() -> None:
         assert node.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
     finally:
         node.stop()
+
+
+def test_a_refused_lock_resets_the_whole_tp_group() -> None:
+    node = sim_node(instances=2)
+    try:
+        clocks = ClockController(node.backend, {"tp": (0, 1)})
+        ok = clocks.set_clocks(
+            pb.SetClocks(
+                command_id="a",
+                instance="tp",
+                min_sm_clock_mhz=1200,
+                max_sm_clock_mhz=1200,
+                lease_s=5,
+            )
+        )
+        assert ok.ok and [a.gpu_index for a in ok.applied] == [0, 1]
+        bad = clocks.set_clocks(
+            pb.SetClocks(
+                command_id="b",
+                instance="tp",
+                min_sm_clock_mhz=1201,
+                max_sm_clock_mhz=1201,
+                lease_s=5,
+            )
+        )
+        assert not bad.ok
+        # No GPU of the group keeps a lock that no lease covers.
+        assert node.backend.locked_sm_clocks_mhz(0) is None
+        assert node.backend.locked_sm_clocks_mhz(1) is None
+        assert clocks.leases.get("tp") is None
+    finally:
+        node.stop()

@@ -123,5 +123,12 @@ class GpuBackend(abc.ABC):
     def locked_sm_clocks_mhz(self, index: int) -> tuple[int, int] | None:
         """The lock this backend knows is in force, or None when the governor is free."""
 
+    def set_locked_memory_clocks_mhz(self, index: int, min_mhz: int, max_mhz: int) -> None:
+        """Lock the memory clock (Ampere and newer); backends without it refuse."""
+        raise GpuNotSupportedError(f"GPU {index}: memory clock locks are not supported")
+
+    def reset_locked_memory_clocks(self, index: int) -> None:
+        """Undo set_locked_memory_clocks_mhz (a no-op where memory locks are unsupported)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release driver handles."""

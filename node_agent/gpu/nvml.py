@@ -160,6 +160,18 @@ class NvmlBackend(GpuBackend):
             self._call(lambda: self._nvml.nvmlDeviceResetGpuLockedClocks(h))
             self._locks.pop(index, None)
 
+    def set_locked_memory_clocks_mhz(self, index: int, min_mhz: int, max_mhz: int) -> None:
+        supported = self.supported_memory_clocks_mhz(index)
+        for mhz in (min_mhz, max_mhz):
+            if mhz not in supported:
+                raise GpuInvalidArgumentError(f"GPU {index} does not support memory {mhz} MHz")
+        h = self._h(index)
+        self._call(lambda: self._nvml.nvmlDeviceSetMemoryLockedClocks(h, min_mhz, max_mhz))
+
+    def reset_locked_memory_clocks(self, index: int) -> None:
+        h = self._h(index)
+        self._call(lambda: self._nvml.nvmlDeviceResetMemoryLockedClocks(h))
+
     def locked_sm_clocks_mhz(self, index: int) -> tuple[int, int] | None:
         self._h(index)
         with self._lock:

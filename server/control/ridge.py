@@ -1,0 +1,149 @@
+"""A ridge-regression model of one bandit arm, as LinUCB needs it.
+
+The model fits r ~ theta . x with an L2 penalty lambda. It keeps the inverse of
+A = lambda*I + sum(x x^T) directly and updates it with the Sherman-Morrison
+identity, so an observation costs O(d^2) and no matrix is ever inverted or solved
+on the decision path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+# A stored inverse may drift this far from symmetry through rounding and still be
+# accepted; anything further off was not produced by this class.
+_SYMMETRY_TOLERANCE = 1e-6
+
+
+class RidgeArm:
+    """Online ridge regression without an intercept (the caller decides the features)."""
+
+    __slots__ = ("_a_inv", "_b", "_n", "_scratch", "_theta", "dim", "lam")
+
+    def __init__(self, dim: int, lam: float = 1.0) -> None:
+        if dim < 1:
+            raise ValueError(f"dimension must be positive, got {dim}")
+        if not (math.isfinite(lam) and lam > 0):
+            raise ValueError(f"lambda must be a positive finite number, got {lam}")
+        self.dim = dim
+        self.lam = float(lam)
+        self._a_inv: FloatArray = np.eye(dim, dtype=np.float64) / self.lam
+        self._b: FloatArray = np.zeros(dim, dtype=np.float64)
+        self._theta: FloatArray = np.zeros(dim, dtype=np.float64)
+        # Reused buffer for A^-1 x, so predictions allocate nothing of size d x d.
+        self._scratch: FloatArray = np.zeros(dim, dtype=np.float64)
+        self._n = 0
+
+    @property
+    def n(self) -> int:
+        """Observations folded into the model."""
+        return self._n
+
+    @property
+    def theta(self) -> FloatArray:
+        """The current estimate A^-1 b (a copy: callers must not alter the model)."""
+        return self._theta.copy()
+
+    @property
+    def a_inv(self) -> FloatArray:
+        return self._a_inv.copy()
+
+    def update(self, x: FloatArray, reward: float) -> None:
+        """Fold in one observation (x, reward)."""
+        x = self._check_x(x)
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        u = self._a_inv @ x
+        denom = 1.0 + float(x @ u)
+        # A^-1 stays positive definite, so denom >= 1; the outer product is the
+        # rank-one correction of Sherman-Morrison.
+        self._a_inv -= np.outer(u, u) / denom
+        self._b += reward * x
+        self._theta = self._a_inv @ self._b
+        self._n += 1
+
+    def predict(self, x: FloatArray) -> float:
+        """Expected reward theta . x."""
+        return float(self._theta @ x)
+
+    def width(self, x: FloatArray) -> float:
+        """Confidence width sqrt(x^T A^-1 x)."""
+        np.matmul(self._a_inv, x, out=self._scratch)
+        quad = float(x @ self._scratch)
+        # Rounding can make a true zero slightly negative.
+        return math.sqrt(quad) if quad > 0.0 else 0.0
+
+    def ucb(self, x: FloatArray, alpha: float) -> float:
+        """Upper confidence bound: mean + alpha * width."""
+        if alpha == 0.0:
+            return self.predict(x)
+        return self.predict(x) + alpha * self.width(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "lam": self.lam,
+            "n": self._n,
+            "a_inv": self._a_inv.tolist(),
+            "b": self._b.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RidgeArm:
+        """Rebuild a model from to_dict(); any malformed field raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("ridge state must be a mapping")
+        dim = data.get("dim")
+        lam = data.get("lam")
+        n = data.get("n")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"ridge state: bad dim {dim!r}")
+        if not isinstance(lam, int | float) or isinstance(lam, bool):
+            raise ValueError(f"ridge state: bad lam {lam!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"ridge state: bad n {n!r}")
+        model = cls(dim, float(lam))
+        a_inv = _finite_array(data.get("a_inv"), (dim, dim), "a_inv")
+        b = _finite_array(data.get("b"), (dim,), "b")
+        _check_inverse(a_inv)
+        model._a_inv = a_inv
+        model._b = b
+        model._theta = a_inv @ b
+        model._n = n
+        return model
+
+    def _check_x(self, x: FloatArray) -> FloatArray:
+        if x.shape != (self.dim,):
+            raise ValueError(f"context must have shape ({self.dim},), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("context must be finite")
+        return x
+
+
+def _finite_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ridge state: {name} is not numeric") from exc
+    if arr.shape != shape:
+        raise ValueError(f"ridge state: {name} has shape {arr.shape}, expected {shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"ridge state: {name} is not finite")
+    return arr
+
+
+def _check_inverse(a_inv: FloatArray) -> None:
+    """An inverse of lambda*I + sum(xx^T) is symmetric positive definite; insist on it."""
+    scale = max(1.0, float(np.max(np.abs(a_inv))))
+    if float(np.max(np.abs(a_inv - a_inv.T))) > _SYMMETRY_TOLERANCE * scale:
+        raise ValueError("ridge state: a_inv is not symmetric")
+    try:
+        np.linalg.cholesky(a_inv)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError("ridge state: a_inv is not positive definite") from exc

@@ -1,0 +1,63 @@
+"""`agft demo` as a user runs it: one command, decisions visible over the REST API."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_serves_decisions(tmp_path: Path) -> None:
+    port, grpc_port = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agft_cli.main",
+            "demo",
+            "--nodes",
+            "1",
+            "--duration",
+            "30",
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'demo.db'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 25
+        decisions: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(decisions) < 3:
+            time.sleep(0.5)
+            try:
+                instances = httpx.get(f"{base}/api/v1/instances", timeout=2).json()
+                if instances:
+                    url = f"{base}/api/v1/instances/{instances[0]['id']}/decisions"
+                    decisions = httpx.get(url, timeout=2).json()["items"]
+            except httpx.HTTPError:
+                continue
+        assert len(decisions) >= 3, "the demo made no decisions"
+        assert decisions[0]["energy_j"] is not None
+        assert httpx.get(base + "/", timeout=2).status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in out
+    assert proc.returncode == 0, out
