@@ -103,7 +103,7 @@ def measure(
     """Run one steady load at one locked clock (None: unlocked) and measure a window."""
     cfg = EngineConfig(max_num_seqs=load.concurrency)
     # Enough requests to stay saturated through warm-up and window at any clock.
-    count = 20_000 if load.output_tokens <= 1 else max(4 * (load.concurrency or 64), 400)
+    count = 3_000 if load.output_tokens <= 1 else max(4 * (load.concurrency or 64), 400)
     node = SimulatedNode.create(
         gpu=gpu,
         model=model,

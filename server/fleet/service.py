@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from agft.v1 import agent_pb2 as pb
-from server.control.observation import HistogramDelta, Observation
-from server.control.policy import ClockArms, ClockDecision, Policy
+from server.control.policy import ClockArms, Policy
 from server.fleet import validation
+from server.fleet.decider import decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
 from server.fleet.validation import InvalidMessageError
 from server.store.registration import mark_disconnected, register_hello
 from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
-
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def _q(h: HistogramDelta | None, q: float) -> float | None:
-    return h.quantile(q) if h is not None else None
 
 
 class FleetService:
@@ -109,102 +100,15 @@ class FleetService:
                         f"instance {window.instance!r} was not announced in Hello; "
                         f"known: {sorted(session.instances)}",
                     )
-                obs = validation.observation(window, runtime.gpu_indices)
+                outcome = decide_window(runtime, window, now=now, lease_s=self.lease_s)
             except InvalidMessageError as err:
                 session.send(self.error(seq, err.code, err.message))
                 continue
-            self._decide(session, runtime, obs, now)
-
-    def _decide(
-        self, session: AgentSession, runtime: InstanceRuntime, obs: Observation, now: datetime
-    ) -> None:
-        decision = runtime.policy.decide(obs, runtime.arms)
-        if (
-            decision.sm_clock_mhz is not None
-            and decision.sm_clock_mhz not in runtime.arms.supported_mhz
-        ):
-            # A policy bug must never reach a GPU.
-            log.error("policy %s chose unsupported clock %s", runtime.policy.name, decision)
-            decision = ClockDecision(
-                None, "policy chose an unsupported clock; default", decision.features
-            )
-        command_id = self._command_for(session, runtime, decision, now)
-        runtime.decisions += 1
-        serving = obs.serving
-        self._writer.add_decision(
-            {
-                "instance_id": runtime.instance_id,
-                "decided_at": now,
-                "window_start": _ts(obs.window_start_s),
-                "window_end": _ts(obs.window_end_s),
-                "policy": runtime.policy.name,
-                "features": decision.features,
-                "clock_in_force_mhz": obs.clock_in_force_mhz,
-                "clock_chosen_mhz": decision.sm_clock_mhz,
-                "reason": decision.reason[:255],
-                "command_id": command_id,
-                "reward": decision.reward,
-                "energy_j": obs.energy_j,
-                "prompt_tokens": serving.prompt_tokens if serving else None,
-                "generation_tokens": serving.generation_tokens if serving else None,
-                "ttft_p50_s": _q(serving.ttft_s, 0.5) if serving else None,
-                "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
-                "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
-                "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
-            }
-        )
-
-    def _command_for(
-        self,
-        session: AgentSession,
-        runtime: InstanceRuntime,
-        decision: ClockDecision,
-        now: datetime,
-    ) -> str | None:
-        """Send a command when the clock changes, and renew every lease each window."""
-        clock = decision.sm_clock_mhz
-        if clock is None and runtime.told_anything and runtime.last_sent_clock_mhz is None:
-            return None  # already at default; a reset needs no renewal
-        command_id = uuid.uuid4().hex
-        row = {
-            "id": command_id,
-            "instance_id": runtime.instance_id,
-            "reason": decision.reason[:255],
-            "issued_at": now,
-        }
-        if clock is None:
-            msg = pb.ServerMessage(
-                reset_clocks=pb.ResetClocks(
-                    command_id=command_id, instance=runtime.name, reason=decision.reason
-                )
-            )
-            row.update(kind="reset")
-        else:
-            expires = now.timestamp() + self.lease_s
-            msg = pb.ServerMessage(
-                set_clocks=pb.SetClocks(
-                    command_id=command_id,
-                    instance=runtime.name,
-                    min_sm_clock_mhz=clock,
-                    max_sm_clock_mhz=clock,
-                    lease_s=self.lease_s,
-                    expires_at_s=expires,
-                    reason=decision.reason,
-                )
-            )
-            row.update(
-                kind="set",
-                min_sm_clock_mhz=clock,
-                max_sm_clock_mhz=clock,
-                lease_s=self.lease_s,
-                expires_at=_ts(expires),
-            )
-        self._writer.add_command(row)
-        session.remember_command(command_id, runtime.name)
-        session.send(msg)
-        runtime.last_sent_clock_mhz = clock
-        runtime.told_anything = True
-        return command_id
+            if outcome.command is not None and outcome.command_row is not None:
+                self._writer.add_command(outcome.command_row)
+                session.remember_command(outcome.command_row["id"], runtime.name)
+                session.send(outcome.command)
+            self._writer.add_decision(outcome.decision_row)
 
     # ---- acks --------------------------------------------------------------------
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:

@@ -1,0 +1,134 @@
+"""One window in, one decision (and maybe one command) out: the server's whole per-window logic.
+
+Pure and synchronous, so the live server and the offline benchmark (`agft bench`) run
+exactly the same code on exactly the same telemetry messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agft.v1 import agent_pb2 as pb
+from server.control.observation import HistogramDelta, Observation
+from server.control.policy import ClockDecision
+from server.fleet import validation
+from server.fleet.runtime import InstanceRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    observation: Observation
+    decision: ClockDecision
+    command: pb.ServerMessage | None
+    decision_row: dict[str, Any]
+    command_row: dict[str, Any] | None
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _q(h: HistogramDelta | None, q: float) -> float | None:
+    return h.quantile(q) if h is not None else None
+
+
+def decide_window(
+    runtime: InstanceRuntime,
+    window: pb.InstanceWindow,
+    *,
+    now: datetime,
+    lease_s: float,
+    command_id: str | None = None,
+) -> Outcome:
+    """Validate, decide, and build the command. Raises InvalidMessageError on bad input."""
+    obs = validation.observation(window, runtime.gpu_indices)
+    decision = runtime.policy.decide(obs, runtime.arms)
+    if (
+        decision.sm_clock_mhz is not None
+        and decision.sm_clock_mhz not in runtime.arms.supported_mhz
+    ):
+        # A policy bug must never reach a GPU.
+        log.error("policy %s chose unsupported clock %s", runtime.policy.name, decision)
+        decision = ClockDecision(
+            None, "policy chose an unsupported clock; default", decision.features
+        )
+    command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
+    runtime.decisions += 1
+    serving = obs.serving
+    row = {
+        "instance_id": runtime.instance_id,
+        "decided_at": now,
+        "window_start": _ts(obs.window_start_s),
+        "window_end": _ts(obs.window_end_s),
+        "policy": runtime.policy.name,
+        "features": decision.features,
+        "clock_in_force_mhz": obs.clock_in_force_mhz,
+        "clock_chosen_mhz": decision.sm_clock_mhz,
+        "reason": decision.reason[:255],
+        "command_id": command_row["id"] if command_row else None,
+        "reward": decision.reward,
+        "energy_j": obs.energy_j,
+        "prompt_tokens": serving.prompt_tokens if serving else None,
+        "generation_tokens": serving.generation_tokens if serving else None,
+        "ttft_p50_s": _q(serving.ttft_s, 0.5) if serving else None,
+        "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
+        "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
+        "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
+    }
+    return Outcome(obs, decision, command, row, command_row)
+
+
+def _command_for(
+    runtime: InstanceRuntime,
+    decision: ClockDecision,
+    now: datetime,
+    lease_s: float,
+    command_id: str | None,
+) -> tuple[pb.ServerMessage | None, dict[str, Any] | None]:
+    """A command when the clock changes, and a renewal of every lease each window."""
+    clock = decision.sm_clock_mhz
+    if clock is None and runtime.told_anything and runtime.last_sent_clock_mhz is None:
+        return None, None  # already at default; a reset needs no renewal
+    command_id = command_id or uuid.uuid4().hex
+    row: dict[str, Any] = {
+        "id": command_id,
+        "instance_id": runtime.instance_id,
+        "reason": decision.reason[:255],
+        "issued_at": now,
+    }
+    if clock is None:
+        msg = pb.ServerMessage(
+            reset_clocks=pb.ResetClocks(
+                command_id=command_id, instance=runtime.name, reason=decision.reason
+            )
+        )
+        row.update(kind="reset")
+    else:
+        expires = now.timestamp() + lease_s
+        msg = pb.ServerMessage(
+            set_clocks=pb.SetClocks(
+                command_id=command_id,
+                instance=runtime.name,
+                min_sm_clock_mhz=clock,
+                max_sm_clock_mhz=clock,
+                lease_s=lease_s,
+                expires_at_s=expires,
+                reason=decision.reason,
+            )
+        )
+        row.update(
+            kind="set",
+            min_sm_clock_mhz=clock,
+            max_sm_clock_mhz=clock,
+            lease_s=lease_s,
+            expires_at=_ts(expires),
+        )
+    runtime.last_sent_clock_mhz = clock
+    runtime.told_anything = True
+    return msg, row
