@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.routes import health_router, router
+from server.control.policy import SloTargets
 from server.control.registry import policy_factory
 from server.fleet.service import FleetService
 from server.grpc.servicer import SERVICE, AgentLinkServicer, add_to_server
@@ -34,7 +35,11 @@ def server_version() -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    make_policy = policy_factory(settings.policy, settings.static_clock_mhz)  # fail fast on typos
+    make_policy = policy_factory(  # fails fast on an unknown name
+        settings.policy,
+        slo=SloTargets(settings.slo_ttft_s, settings.slo_tpot_s, settings.slo_percentile),
+        static_clock_mhz=settings.static_clock_mhz,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     static_clock_mhz: int | None = Field(
         default=None, description="clock for the static policy; unset means default clocks"
     )
+    slo_ttft_s: float = Field(default=0.5, gt=0, description="default TTFT objective (s)")
+    slo_tpot_s: float = Field(default=0.05, gt=0, description="default TPOT objective (s)")
+    slo_percentile: float = Field(
+        default=90.0, gt=0, lt=100, description="percentile the objectives apply to"
+    )
     migrate_on_start: bool = Field(
         default=True, description="run `alembic upgrade head` when the server starts"
     )

@@ -34,8 +34,8 @@ class ClockArms:
 class SloTargets:
     """Latency objectives of an instance: a percentile of TTFT and of TPOT (inter-token)."""
 
-    ttft_s: float = 2.0
-    tpot_s: float = 0.1
+    ttft_s: float = 0.5
+    tpot_s: float = 0.05
     percentile: float = 90.0
 
 

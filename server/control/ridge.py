@@ -79,6 +79,13 @@ class RidgeArm:
         # Rounding can make a true zero slightly negative.
         return math.sqrt(quad) if quad > 0.0 else 0.0
 
+    def predict_many(self, phi: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Means and confidence widths for each row of phi, in two matrix products."""
+        mean: FloatArray = phi @ self._theta
+        quad = np.einsum("ij,ij->i", phi @ self._a_inv, phi)
+        width: FloatArray = np.sqrt(np.maximum(quad, 0.0))
+        return mean, width
+
     def ucb(self, x: FloatArray, alpha: float) -> float:
         """Upper confidence bound: mean + alpha * width."""
         if alpha == 0.0:

@@ -19,6 +19,7 @@ from server.fleet import validation
 from server.fleet.decider import decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
 from server.fleet.validation import InvalidMessageError
+from server.store.policy_states import load_policy_states
 from server.store.registration import mark_disconnected, register_hello
 from server.store.writer import BatchWriter
 
@@ -35,7 +36,9 @@ class FleetService:
         window_s: float,
         lease_s: float,
         server_version: str,
+        state_save_every: int = 30,
     ) -> None:
+        self.state_save_every = state_save_every
         self._factory = factory
         self._writer = writer
         self._policy_factory = policy_factory
@@ -48,6 +51,10 @@ class FleetService:
     async def hello(self, hello: pb.Hello) -> AgentSession:
         validation.check_hello(hello)
         registered = await asyncio.to_thread(register_hello, self._factory, hello)
+        policy_name = self._policy_factory().name
+        saved = await asyncio.to_thread(
+            load_policy_states, self._factory, list(registered.instance_ids.values()), policy_name
+        )
         gpus = {g.index: g for g in hello.gpus}
         instances: dict[str, InstanceRuntime] = {}
         for inst in hello.instances:
@@ -56,12 +63,27 @@ class FleetService:
                 [list(g.supported_sm_clocks_mhz) for g in group],
                 default_mhz=min(g.default_sm_clock_mhz for g in group),
             )
+            instance_id = registered.instance_ids[inst.name]
+            policy = self._policy_factory()
+            state = saved.get(instance_id)
+            if state is not None:
+                try:
+                    policy.load_state(state)
+                except ValueError as err:
+                    # A state we cannot trust is dropped, not half-applied: learn afresh.
+                    log.error(
+                        "instance %s: saved %s state rejected (%s); starting fresh",
+                        inst.name,
+                        policy.name,
+                        err,
+                    )
+                    policy = self._policy_factory()
             instances[inst.name] = InstanceRuntime(
-                instance_id=registered.instance_ids[inst.name],
+                instance_id=instance_id,
                 name=inst.name,
                 gpu_indices=tuple(inst.gpu_indices),
                 arms=arms,
-                policy=self._policy_factory(),
+                policy=policy,
             )
         session = AgentSession(hello.node_id, registered.node_pk, instances)
         previous = self.sessions.get(hello.node_id)
@@ -83,6 +105,8 @@ class FleetService:
         return session
 
     async def disconnect(self, session: AgentSession) -> None:
+        for runtime in session.instances.values():
+            self._save_state(runtime)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
             await asyncio.to_thread(mark_disconnected, self._factory, session.node_pk)
@@ -109,6 +133,21 @@ class FleetService:
                 session.remember_command(outcome.command_row["id"], runtime.name)
                 session.send(outcome.command)
             self._writer.add_decision(outcome.decision_row)
+            if runtime.decisions % self.state_save_every == 0:
+                self._save_state(runtime)
+
+    def _save_state(self, runtime: InstanceRuntime) -> None:
+        if runtime.decisions == 0:
+            return
+        self._writer.add_policy_state(
+            {
+                "instance_id": runtime.instance_id,
+                "policy": runtime.policy.name,
+                "state": runtime.policy.state(),
+                "decisions": runtime.decisions,
+                "updated_at": datetime.now(UTC),
+            }
+        )
 
     # ---- acks --------------------------------------------------------------------
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:

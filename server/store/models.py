@@ -144,3 +144,17 @@ class ClockCommand(Base):
     ack_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     ack_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     applied: Mapped[list[dict[str, Any]] | None] = mapped_column(Json, nullable=True)
+
+
+class PolicyState(Base):
+    """A policy's learned state per instance (JSON, never pickle), so learning survives restarts."""
+
+    __tablename__ = "policy_states"
+
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    policy: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+    decisions: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

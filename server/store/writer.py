@@ -17,6 +17,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.models import ClockCommand, Decision
+from server.store.policy_states import upsert_policy_state
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,11 @@ class _Batch:
     commands: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
+    # Keyed by (instance_id, policy): only the newest state of a batch needs writing.
+    policy_states: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.commands) + len(self.decisions) + len(self.acks)
+        return len(self.commands) + len(self.decisions) + len(self.acks) + len(self.policy_states)
 
 
 class BatchWriter:
@@ -59,6 +62,9 @@ class BatchWriter:
 
     def add_ack(self, row: dict[str, Any]) -> None:
         self._put("ack", row)
+
+    def add_policy_state(self, row: dict[str, Any]) -> None:
+        self._put("policy_state", row)
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         self._idle.clear()
@@ -112,6 +118,9 @@ class BatchWriter:
     @staticmethod
     def _add(batch: _Batch, item: tuple[str, dict[str, Any]]) -> None:
         kind, row = item
+        if kind == "policy_state":
+            batch.policy_states[(row["instance_id"], row["policy"])] = row
+            return
         {"command": batch.commands, "decision": batch.decisions, "ack": batch.acks}[kind].append(
             row
         )
@@ -127,3 +136,5 @@ class BatchWriter:
                 command_id = ack["id"]
                 values = {k: v for k, v in ack.items() if k != "id"}
                 db.execute(update(ClockCommand).where(ClockCommand.id == command_id).values(values))
+            for state in batch.policy_states.values():
+                upsert_policy_state(db, state)

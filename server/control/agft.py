@@ -1,0 +1,445 @@
+"""`agft`: our clock controller. The cheapest clock predicted to keep latency in budget.
+
+Where the paper's design learns one reward per clock arm, this controller models the two
+things a clock changes, separately and with the clock as a feature, so every window
+teaches it about every clock:
+
+* power  P(x, f)  — ridge regression on a cubic clock basis crossed with the load context;
+* latency log L(x, f) for inter-token latency and TTFT — ridge regression on
+  log(f_max / f) crossed with the load context, shrunk towards slope 1 (fully
+  compute-bound: the slowest latency can grow when the clock drops), so a clock is
+  only believed to be cheap in latency once windows near it have shown it.
+
+Each window it picks, among the clocks whose *upper* latency bound stays within budget,
+the one with the lowest predicted power. The budget is the SLO, and optionally a
+slowdown budget relative to what default clocks would give (estimated from its own
+latency model over recent windows), so the product can promise "p90 at most 10 % slower".
+
+Safety rules come before the model and cannot be learned away:
+* missing telemetry (no /metrics, unknown energy) -> default clocks;
+* a growing queue, or a window that broke its budget -> straight up (max clock / a big step);
+* downward moves are capped per window; upward moves are not;
+* the max clock is always allowed, so the action set is never empty;
+* a switch needs a predicted saving worth it (switching cost).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from server.control.features import window_features
+from server.control.observation import HistogramDelta, Observation, ServingSample
+from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
+from server.control.ridge import RidgeArm
+
+FloatArray = NDArray[np.float64]
+
+STATE_VERSION = 1
+N_CONTEXT = 5  # prefill rate, decode rate, running, waiting, kv usage
+# Fixed scales (not running z-scores): a feature must mean the same thing in window 10
+# and window 10 000, or the regression's old evidence turns into noise.
+CONTEXT_SCALE = np.array([10_000.0, 2_000.0, 64.0, 1.0, 1.0])
+POWER_SCALE_W = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgftTunables:
+    max_slowdown: float | None = 0.10  # relative p-th percentile budget vs default clocks
+    budget_margin: float = 0.95  # aim this far inside the budget
+    grid_step_mhz: int = 30
+    floor_fraction: float = 0.35  # never below this share of the max clock
+    down_step_mhz: int = 90  # largest downward move per window
+    violation_step_mhz: int = 240  # upward jump after a window over budget
+    queue_jump_waiting: float = 4.0  # this many waiting requests -> max clock
+    min_saving_fraction: float = 0.015  # switching cost: predicted power saving to move
+    latency_alpha: float = 1.0  # width multiplier on the latency upper bound
+    power_alpha: float = 0.3  # optimism on power (exploration inside the safe set)
+    ridge_lambda: float = 1.0
+    reference_windows: int = 900  # windows behind the relative budget's reference
+    min_tokens_for_itl: float = 20.0
+    warmup_windows: int = 10  # at default clocks first: the reference needs data
+    dwell_windows: int = 2  # windows to hold after a move down before the next one
+    breach_factor: float = 1.25  # observed mean this far over budget is a breach
+
+
+def _clock_basis(f_norm: float) -> tuple[float, float, float, float]:
+    return (1.0, f_norm, f_norm * f_norm, f_norm * f_norm * f_norm)
+
+
+class _LatencyModel:
+    """log L(x, f) = prior_slope * l + theta . phi(x, l), l = log(f_max / f)."""
+
+    PRIOR_SLOPE = 1.0
+
+    def __init__(self, lam: float) -> None:
+        self.ridge = RidgeArm(2 * (N_CONTEXT + 1), lam)
+
+    @staticmethod
+    def features(context: FloatArray, ell: float) -> FloatArray:
+        base = np.concatenate(([1.0], context))
+        return np.concatenate((base, ell * base))
+
+    def update(self, context: FloatArray, ell: float, latency_s: float) -> None:
+        target = math.log(latency_s) - self.PRIOR_SLOPE * ell
+        self.ridge.update(self.features(context, ell), target)
+
+    def upper_log(self, context: FloatArray, ells: FloatArray, alpha: float) -> FloatArray:
+        phi = self._matrix(context, ells)
+        mean, width = self.ridge.predict_many(phi)
+        return mean + alpha * width + self.PRIOR_SLOPE * ells  # type: ignore[no-any-return]
+
+    def mean_log(self, context: FloatArray, ell: float) -> float:
+        return self.ridge.predict(self.features(context, ell)) + self.PRIOR_SLOPE * ell
+
+    def speedup_to_max(self, context: FloatArray, ell: float) -> float:
+        """Predicted latency at the max clock over latency at this clock (<= 1 when slower)."""
+        if ell == 0.0:
+            return 1.0
+        return min(1.0, math.exp(self.mean_log(context, 0.0) - self.mean_log(context, ell)))
+
+    def _matrix(self, context: FloatArray, ells: FloatArray) -> FloatArray:
+        base = np.concatenate(([1.0], context))
+        return np.hstack((np.tile(base, (len(ells), 1)), ells[:, None] * base[None, :]))
+
+
+class _PowerModel:
+    """P(x, f) / 100 W = theta . (clock basis (x) [1, context])."""
+
+    def __init__(self, lam: float) -> None:
+        self.ridge = RidgeArm(4 * (N_CONTEXT + 1), lam)
+
+    @staticmethod
+    def features(context: FloatArray, f_norm: float) -> FloatArray:
+        base = np.concatenate(([1.0], context))
+        return np.outer(_clock_basis(f_norm), base).ravel()
+
+    def update(self, context: FloatArray, f_norm: float, power_w: float) -> None:
+        self.ridge.update(self.features(context, f_norm), power_w / POWER_SCALE_W)
+
+    def optimistic(self, context: FloatArray, basis: FloatArray, alpha: float) -> FloatArray:
+        """Lower confidence bound on power for each row of a precomputed clock basis."""
+        base = np.concatenate(([1.0], context))
+        phi = (basis[:, :, None] * base[None, None, :]).reshape(len(basis), -1)
+        mean, width = self.ridge.predict_many(phi)
+        return (mean - alpha * width) * POWER_SCALE_W  # type: ignore[no-any-return]
+
+
+class _Reference:
+    """Recent latencies as default clocks would have given them (for the relative budget).
+
+    The percentile is recomputed every `refresh` additions, not per decision: it moves
+    slowly and sorting hundreds of values each window would dominate the decision cost.
+    """
+
+    def __init__(self, size: int, refresh: int = 20) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.weights: deque[float] = deque(maxlen=size)
+        self._refresh = refresh
+        self._since = refresh
+        self._cached: dict[float, float | None] = {}
+
+    def add(self, value: float, weight: float) -> None:
+        if math.isfinite(value) and value > 0 and weight > 0:
+            self.values.append(value)
+            self.weights.append(weight)
+            self._since += 1
+
+    def percentile(self, q: float) -> float | None:
+        if self._since >= self._refresh or q not in self._cached:
+            self._cached[q] = self._compute(q)
+            self._since = 0
+        return self._cached[q]
+
+    def _compute(self, q: float) -> float | None:
+        if len(self.values) < 5:
+            return None
+        vals = np.asarray(self.values)
+        order = np.argsort(vals)
+        cum = np.cumsum(np.asarray(self.weights)[order])
+        idx = int(np.searchsorted(cum, q / 100.0 * cum[-1]))
+        return float(vals[order][min(idx, len(vals) - 1)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """The clocks considered for one instance, with their precomputed model inputs."""
+
+    arms: ClockArms
+    clocks: FloatArray
+    ells: FloatArray
+    basis: FloatArray
+
+
+def _context(obs: Observation) -> FloatArray | None:
+    s = obs.serving
+    if s is None:
+        return None
+    d = max(obs.duration_s, 1e-6)
+    raw = [
+        (s.prompt_tokens or 0.0) / d if s.prompt_tokens is not None else math.nan,
+        (s.generation_tokens or 0.0) / d if s.generation_tokens is not None else math.nan,
+        s.num_requests_running if s.num_requests_running is not None else math.nan,
+        math.log1p(s.num_requests_waiting) if s.num_requests_waiting is not None else math.nan,
+        s.kv_cache_usage if s.kv_cache_usage is not None else math.nan,
+    ]
+    x = np.asarray(raw, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        return None
+    return np.minimum(x / CONTEXT_SCALE, 10.0)  # type: ignore[no-any-return]
+
+
+def _mean_itl(s: ServingSample) -> tuple[float, float] | None:
+    h = s.inter_token_latency_s
+    if h is None or h.count <= 0 or h.sum <= 0:
+        return None
+    return h.sum / h.count, float(h.count)
+
+
+def _mean_ttft(s: ServingSample) -> tuple[float, float] | None:
+    h = s.ttft_s
+    if h is None or h.count <= 0 or h.sum <= 0:
+        return None
+    return h.sum / h.count, float(h.count)
+
+
+class AgftPolicy(Policy):
+    name = "agft"
+
+    def __init__(self, slo: SloTargets, seed: int = 0, **tunables: Any) -> None:
+        self.slo = slo
+        self.seed = seed
+        self.tunables = AgftTunables(**tunables)
+        t = self.tunables
+        self._power = _PowerModel(t.ridge_lambda)
+        self._itl = _LatencyModel(t.ridge_lambda)
+        self._ttft = _LatencyModel(t.ridge_lambda)
+        self._ref_itl = _Reference(t.reference_windows)
+        self._ref_ttft = _Reference(t.reference_windows)
+        # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
+        self._tail_ratio = {"itl": 1.5, "ttft": 2.0}
+        self._windows = 0
+        self._last_choice: int | None = None
+        self._last_waiting = 0.0
+        self._dwell = 0
+        self._grid: _Candidates | None = None
+
+    # ---- the decision ------------------------------------------------------------------
+    def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision:
+        features = window_features(observation)
+        f_max = arms.supported_mhz[-1] if arms.supported_mhz else arms.default_mhz
+        context = _context(observation)
+        energy = observation.energy_j
+        if context is None or energy is None or observation.serving is None:
+            self._last_choice = None
+            return ClockDecision(None, "agft: telemetry unknown, default clocks", features)
+        in_force = observation.clock_in_force_mhz or f_max
+        serving = observation.serving
+        over = self._learn(
+            context, in_force, f_max, energy / max(observation.duration_s, 1e-6), serving
+        )
+        self._windows += 1
+        waiting = serving.num_requests_waiting or 0.0
+        growing = waiting >= 1.0 and waiting > self._last_waiting
+        self._last_waiting = waiting
+        if self._windows <= self.tunables.warmup_windows:
+            return self._choose(
+                None, f"agft: warm-up {self._windows} at default clocks", features, f_max
+            )
+        if waiting >= self.tunables.queue_jump_waiting or (growing and waiting >= 2.0):
+            return self._choose(None, f"agft: queue of {waiting:.0f}, max clock", features, f_max)
+        if over:
+            target = min(f_max, in_force + self.tunables.violation_step_mhz)
+            clock = arms.snap_down(target) or f_max
+            self._dwell = self.tunables.dwell_windows
+            return self._choose(clock, f"agft: over budget at {in_force} MHz, up", features, f_max)
+        clock, why = self._cheapest_safe(context, arms, f_max, in_force)
+        if clock < in_force:
+            if self._dwell > 0:
+                # Hold after a move so the models see the clock before moving on down.
+                self._dwell -= 1
+                return self._choose(in_force, f"agft: hold {in_force} MHz (dwell)", features, f_max)
+            self._dwell = self.tunables.dwell_windows
+        return self._choose(clock, why, features, f_max)
+
+    def _choose(
+        self, clock: int | None, reason: str, features: dict[str, float], f_max: int
+    ) -> ClockDecision:
+        # Locking at the max clock is what default clocks do under load; say "default".
+        if clock is not None and clock >= f_max:
+            clock = None
+        self._last_choice = clock
+        return ClockDecision(clock, reason, features)
+
+    def _budgets(self, f_max: int) -> tuple[float, float]:
+        """Budgets on the *mean* latency of a window, for ITL and TTFT."""
+        q = self.slo.percentile
+        itl_budget = self.slo.tpot_s / self._tail_ratio["itl"]
+        ttft_budget = self.slo.ttft_s / self._tail_ratio["ttft"]
+        slowdown = self.tunables.max_slowdown
+        if slowdown is not None:
+            ref_itl = self._ref_itl.percentile(q)
+            ref_ttft = self._ref_ttft.percentile(q)
+            # The references are percentiles of request latency; the models predict means.
+            if ref_itl is not None:
+                itl_budget = min(itl_budget, (1.0 + slowdown) * ref_itl / self._tail_ratio["itl"])
+            if ref_ttft is not None:
+                ttft_budget = min(
+                    ttft_budget, (1.0 + slowdown) * ref_ttft / self._tail_ratio["ttft"]
+                )
+        m = self.tunables.budget_margin
+        return itl_budget * m, ttft_budget * m
+
+    def _candidates(self, arms: ClockArms, f_max: int) -> _Candidates:
+        if self._grid is not None and self._grid.arms is arms:
+            return self._grid
+        floor = self.tunables.floor_fraction * f_max
+        step = self.tunables.grid_step_mhz
+        picked: list[int] = []
+        for clock in reversed(arms.supported_mhz):
+            if clock < floor:
+                break
+            if not picked or picked[-1] - clock >= step:
+                picked.append(clock)
+        clocks = np.asarray(picked, dtype=np.float64)  # descending, starts at f_max
+        f_norm = clocks / f_max
+        self._grid = _Candidates(
+            arms=arms,
+            clocks=clocks,
+            ells=np.log(f_max / clocks),
+            basis=np.stack([np.ones_like(f_norm), f_norm, f_norm**2, f_norm**3], axis=1),
+        )
+        return self._grid
+
+    def _cheapest_safe(
+        self, context: FloatArray, arms: ClockArms, f_max: int, in_force: int
+    ) -> tuple[int, str]:
+        t = self.tunables
+        grid = self._candidates(arms, f_max)
+        clocks, ells = grid.clocks, grid.ells
+        itl_budget, ttft_budget = self._budgets(f_max)
+        itl_ok = self._itl.upper_log(context, ells, t.latency_alpha) <= math.log(itl_budget)
+        ttft_ok = self._ttft.upper_log(context, ells, t.latency_alpha) <= math.log(ttft_budget)
+        safe = itl_ok & ttft_ok
+        safe[0] = True  # the max clock is always allowed: never an empty action set
+        # Downward moves are capped; upward moves are free.
+        safe &= clocks >= in_force - t.down_step_mhz
+        safe[0] = True
+        power = self._power.optimistic(context, grid.basis, t.power_alpha)
+        power_safe = np.where(safe, power, np.inf)
+        best = int(np.argmin(power_safe))
+        current = np.nonzero(clocks == in_force)[0]
+        if current.size and safe[current[0]]:
+            here = power[current[0]]
+            # Switching cost: stay unless the move saves enough.
+            if power[best] > here * (1.0 - t.min_saving_fraction):
+                return in_force, f"agft: hold {in_force} MHz (~{here:.0f} W)"
+        chosen = int(clocks[best])
+        return chosen, (
+            f"agft: {chosen} MHz cheapest within budget "
+            f"(~{power[best]:.0f} W; ITL<{itl_budget * 1e3:.1f} ms, TTFT<{ttft_budget * 1e3:.0f} ms)"
+        )
+
+    # ---- learning -----------------------------------------------------------------------
+    def _learn(
+        self,
+        context: FloatArray,
+        in_force: int,
+        f_max: int,
+        power_w: float,
+        serving: ServingSample,
+    ) -> bool:
+        """Fold the window into the models; True when it broke its latency budget."""
+        f_norm = in_force / f_max
+        ell = math.log(f_max / in_force)
+        if math.isfinite(power_w) and power_w >= 0:
+            self._power.update(context, f_norm, power_w)
+        over = False
+        itl_budget, ttft_budget = self._budgets(f_max)
+        itl = _mean_itl(serving)
+        if itl is not None and itl[1] >= self.tunables.min_tokens_for_itl:
+            self._itl.update(context, ell, itl[0])
+            tail = self._track_tail("itl", serving.inter_token_latency_s, itl[0])
+            speedup = self._itl.speedup_to_max(context, ell)
+            self._ref_itl.add(tail * speedup, itl[1])
+            over = over or itl[0] > itl_budget * self.tunables.breach_factor
+        ttft = _mean_ttft(serving)
+        if ttft is not None:
+            self._ttft.update(context, ell, ttft[0])
+            tail = self._track_tail("ttft", serving.ttft_s, ttft[0])
+            speedup = self._ttft.speedup_to_max(context, ell)
+            self._ref_ttft.add(tail * speedup, ttft[1])
+            over = over or ttft[0] > ttft_budget * self.tunables.breach_factor
+        return over
+
+    def _track_tail(self, key: str, hist: HistogramDelta | None, mean: float) -> float:
+        """The window's p-th percentile (from its histogram), tracking percentile/mean."""
+        q = hist.quantile(self.slo.percentile / 100.0) if hist is not None else None
+        if q is None or q <= 0:
+            return mean * self._tail_ratio[key]
+        if hist is not None and hist.count >= 10:
+            ratio = max(1.0, q / mean)
+            self._tail_ratio[key] = 0.98 * self._tail_ratio[key] + 0.02 * ratio
+        return max(q, mean)
+
+    # ---- persistence --------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "tunables": asdict(self.tunables),
+            "windows": self._windows,
+            "last_choice": self._last_choice,
+            "last_waiting": self._last_waiting,
+            "dwell": self._dwell,
+            "tail_ratio": dict(self._tail_ratio),
+            "power": self._power.ridge.to_dict(),
+            "itl": self._itl.ridge.to_dict(),
+            "ttft": self._ttft.ridge.to_dict(),
+            "ref_itl": [list(self._ref_itl.values), list(self._ref_itl.weights)],
+            "ref_ttft": [list(self._ref_ttft.values), list(self._ref_ttft.weights)],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"agft state: unsupported version {state.get('version')!r}")
+        try:
+            known = {f.name for f in fields(AgftTunables)}
+            tunables = AgftTunables(**{k: v for k, v in state["tunables"].items() if k in known})
+            power = RidgeArm.from_dict(state["power"])
+            itl = RidgeArm.from_dict(state["itl"])
+            ttft = RidgeArm.from_dict(state["ttft"])
+            if (power.dim, itl.dim, ttft.dim) != (
+                self._power.ridge.dim,
+                self._itl.ridge.dim,
+                self._ttft.ridge.dim,
+            ):
+                raise ValueError("model dimensions differ")
+            refs = []
+            for key in ("ref_itl", "ref_ttft"):
+                values, weights = state[key]
+                ref = _Reference(tunables.reference_windows)
+                for v, w in zip(values, weights, strict=True):
+                    ref.add(float(v), float(w))
+                refs.append(ref)
+            tail = {k: float(state["tail_ratio"][k]) for k in ("itl", "ttft")}
+            windows = int(state["windows"])
+            last_choice = state["last_choice"]
+            last_waiting = float(state["last_waiting"])
+            dwell = int(state["dwell"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"agft state: {err}") from err
+        if last_choice is not None and not isinstance(last_choice, int):
+            raise ValueError("agft state: last_choice must be an int or null")
+        self.tunables = tunables
+        self._power.ridge, self._itl.ridge, self._ttft.ridge = power, itl, ttft
+        self._ref_itl, self._ref_ttft = refs
+        self._tail_ratio = tail
+        self._windows = windows
+        self._last_choice = last_choice
+        self._last_waiting = last_waiting
+        self._dwell = dwell

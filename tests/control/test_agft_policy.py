@@ -1,0 +1,137 @@
+"""Invariants of the `agft` controller on synthetic windows (no simulator, no server)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from server.control.agft import AgftPolicy
+from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
+from server.control.policy import ClockArms, SloTargets
+
+F_MAX = 1980
+ARMS = ClockArms(tuple(range(345, F_MAX + 1, 15)), F_MAX)
+ITL_BOUNDS = (0.01, 0.025, 0.05, 0.075, 0.1)
+TTFT_BOUNDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+
+
+def _hist(bounds: tuple[float, ...], value: float, count: int) -> HistogramDelta:
+    counts = [0] * (len(bounds) + 1)
+    index = next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
+    counts[index] = count
+    return HistogramDelta(bounds, tuple(counts), value * count, count)
+
+
+def world(clock: int | None, load: float = 1.0) -> tuple[float, float, float]:
+    """A toy GPU: power falls with clock; ITL is memory-bound; TTFT compute-bound."""
+    f = (clock or F_MAX) / F_MAX
+    power = 80 + load * 300 * f**2.5
+    itl = 0.010 * (0.85 + 0.15 / f)
+    ttft = 0.05 / f
+    return power, itl, ttft
+
+
+def obs(
+    clock: int | None,
+    t: float,
+    *,
+    load: float = 1.0,
+    waiting: float = 0.0,
+    serving: bool = True,
+    energy: bool = True,
+) -> Observation:
+    power, itl, ttft = world(clock, load)
+    lock = None if clock is None else (clock, clock)
+    gpu = GpuSample(0, power if energy else None, power, clock or F_MAX, 80.0, 0, lock)
+    sample = ServingSample(
+        num_requests_running=20 * load,
+        num_requests_waiting=waiting,
+        kv_cache_usage=0.2 * load,
+        prompt_tokens=3000 * load,
+        generation_tokens=800 * load,
+        preemptions=0.0,
+        requests_finished=4.0,
+        ttft_s=_hist(TTFT_BOUNDS, ttft, 5),
+        inter_token_latency_s=_hist(ITL_BOUNDS, itl, int(800 * load)),
+    )
+    return Observation(t, t + 1.0, (gpu,), sample if serving else None, clock)
+
+
+def run(
+    policy: AgftPolicy, windows: int, start_clock: int | None = None, **kw: float
+) -> list[int | None]:
+    clock, chosen = start_clock, []
+    for i in range(windows):
+        decision = policy.decide(obs(clock, 1000.0 + i, **kw), ARMS)
+        assert decision.sm_clock_mhz is None or decision.sm_clock_mhz in ARMS.supported_mhz
+        clock = decision.sm_clock_mhz
+        chosen.append(clock)
+    return chosen
+
+
+def test_missing_telemetry_means_default_clocks() -> None:
+    policy = AgftPolicy(SloTargets())
+    run(policy, 60)
+    assert policy.decide(obs(1500, 5000.0, serving=False), ARMS).sm_clock_mhz is None
+    assert policy.decide(obs(1500, 5001.0, energy=False), ARMS).sm_clock_mhz is None
+
+
+def test_learns_to_lower_the_clock_when_latency_allows() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    chosen = run(policy, 300)
+    late = [c or F_MAX for c in chosen[-50:]]
+    assert max(late) < F_MAX, "never left the max clock with lax SLOs"
+    assert sum(late) / len(late) < 0.85 * F_MAX
+
+
+def test_no_choice_past_a_predicted_slo_breach() -> None:
+    # TTFT = 50 ms / f: an SLO of 60 ms (p90) with tail ratio ~1 allows f >= ~0.87 f_max.
+    slo = SloTargets(ttft_s=0.060, tpot_s=0.1)
+    policy = AgftPolicy(slo, max_slowdown=None)
+    chosen = run(policy, 300)
+    breach_below = 0.05 / 0.060 * F_MAX
+    assert all((c or F_MAX) >= breach_below - 15 for c in chosen)
+
+
+def test_action_set_never_empty_even_when_nothing_meets_the_slo() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=0.001, tpot_s=0.0001))
+    chosen = run(policy, 100)
+    assert all(c is None for c in chosen)  # the max clock (default) is always allowed
+
+
+def test_growing_queue_jumps_to_max_clock_at_once() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    chosen = run(policy, 200)
+    low = chosen[-1]
+    assert low is not None
+    decision = policy.decide(obs(low, 9000.0, waiting=8.0), ARMS)
+    assert decision.sm_clock_mhz is None and "queue" in decision.reason
+
+
+def test_downward_steps_are_capped() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None, down_step_mhz=90)
+    chosen = [c or F_MAX for c in run(policy, 200)]
+    drops = [a - b for a, b in zip(chosen, chosen[1:], strict=False)]
+    assert max(drops) <= 90
+
+
+def test_state_survives_a_json_round_trip() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    chosen = run(policy, 150)
+    restored = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    restored.load_state(json.loads(json.dumps(policy.state())))
+    nxt = obs(chosen[-1], 9999.0)
+    a, b = policy.decide(nxt, ARMS), restored.decide(nxt, ARMS)
+    assert (a.sm_clock_mhz, a.reason) == (b.sm_clock_mhz, b.reason)
+    assert "warm-up" not in b.reason
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{}, {"version": 99}, {"version": 1, "power": "x"}, {"version": 1, "windows": math.nan}],
+)
+def test_malformed_state_is_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        AgftPolicy(SloTargets()).load_state(bad)
