@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -113,7 +114,7 @@ def test_growing_queue_jumps_to_max_clock_at_once() -> None:
 def test_downward_steps_are_capped() -> None:
     policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None, down_step_mhz=90)
     chosen = [c or F_MAX for c in run(policy, 200)]
-    drops = [a - b for a, b in zip(chosen, chosen[1:], strict=False)]
+    drops = [a - b for a, b in itertools.pairwise(chosen)]
     assert max(drops) <= 90
 
 
