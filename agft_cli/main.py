@@ -4,6 +4,7 @@ with the agent's dependencies only (no FastAPI, SQLAlchemy, ... on a GPU node)."
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -97,13 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _add_sim_args(demo)
 
-    sim = sub.add_parser(
-        "sim",
-        help="simulator tools (sweep, ...)",
-        add_help=False,
-        description="Simulated GPU serving node tools.",
-    )
-    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    # Listed for --help; main() hands their arguments to their own parsers.
+    sub.add_parser("sim", help="simulator tools: sweep, calibrate, replay, profiles")
+    sub.add_parser("bench", help="benchmark policies on traces in simulated time")
 
     sub.add_parser(
         "migrate",
@@ -113,7 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own argparse tree: everything after the name is theirs.
+DELEGATED = {"sim": "sim.cli", "bench": "bench.cli"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        module = importlib.import_module(DELEGATED[argv[0]])
+        return int(module.main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -133,10 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agft_cli.demo_cmd import run_demo
 
         return run_demo(args)
-    if args.command == "sim":
-        from sim.cli import main as sim_main
-
-        return int(sim_main(list(args.sim_args)))
     if args.command == "migrate":
         from server.settings import Settings
         from server.store.migrate import upgrade_to_head

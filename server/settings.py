@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         default=5.0, gt=0.1, le=600.0, description="how long a lowered clock holds unrenewed"
     )
-    policy: str = Field(default="static", description="decision policy for every instance")
+    policy: str = Field(default="agft", description="decision policy for every instance")
     static_clock_mhz: int | None = Field(
         default=None, description="clock for the static policy; unset means default clocks"
     )

@@ -1,8 +1,9 @@
 """Command line of the simulator: ``agft sim ...`` calls ``main(argv)``.
 
-sweep    step time, power and energy per token against SM clock for steady loads
-replay   replay a trace in virtual time on one instance and print the summary
-profiles list the GPU and model profiles
+sweep      step time, power and energy per token against SM clock for steady loads
+replay     replay a trace in virtual time on one instance and print the summary
+calibrate  measure every calibration anchor, print measured vs target (docs/SIMULATOR.md)
+profiles   list the GPU and model profiles
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate-scale", type=float, default=1.0)
 
     sub.add_parser("profiles", help="list GPU and model profiles")
+    sub.add_parser(
+        "calibrate",
+        help="measure every calibration anchor and print a Markdown table (measured vs target)",
+    )
     return p
 
 
@@ -108,12 +113,25 @@ def _profiles() -> int:
     return 0
 
 
+def _calibrate() -> int:
+    from sim.calibration import calibration_report
+
+    checks = calibration_report()
+    print("| check | measured | target | ok |")
+    print("|---|---:|---|---|")
+    for c in checks:
+        print(f"| {c.name} | {c.measured:.3f} | {c.target} | {'yes' if c.ok else 'NO'} |")
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "calibrate":
+        return _calibrate()
     return _profiles()
 
 

@@ -425,6 +425,11 @@ class Engine:
 
     # ---- views ----------------------------------------------------------------------------
     @property
+    def inflight_until(self) -> float | None:
+        """End time of the step in flight, or None between steps."""
+        return self._t_end if self._inflight else None
+
+    @property
     def idle(self) -> bool:
         return not (self._inflight or self.waiting or self.running)
 

@@ -44,9 +44,11 @@ class SimGpu:
         self._f_idle = float(profile.idle_sm_clock_mhz)
         self.lock: tuple[int, int] | None = None
         self.memory_clock_mhz = profile.default_memory_clock_mhz
-        # The clock the GPU runs at under load, and a pending change (effective time, clock).
+        # Clock under load and clock held while idle, and a pending switch to new values
+        # (effective time, load clock, held clock): a lock takes tens of ms to take hold.
         self._load_clock = self._f_max
-        self._pending: tuple[float, float] | None = None
+        self._held_clock = self._f_idle
+        self._pending: tuple[float, float, float] | None = None
         # Timeline breakpoints: time, cumulative J, busy s, memory-busy s.
         self._ts: list[float] = [t0]
         self._e: list[float] = [0.0]
@@ -63,7 +65,7 @@ class SimGpu:
     def _apply_pending(self, t: float) -> None:
         p = self._pending
         if p is not None and p[0] <= t:
-            self._load_clock = p[1]
+            self._load_clock, self._held_clock = p[1], p[2]
             self._pending = None
 
     def load_clock_at(self, t: float) -> float:
@@ -72,32 +74,27 @@ class SimGpu:
         return self._load_clock
 
     def held_clock_at(self, t: float) -> float:
-        """The clock while idle: the lock's lower bound holds it up, else the idle clock."""
+        """The clock while idle: a lock's lower bound holds it up, else the idle clock."""
         self._apply_pending(t)
-        if self.lock is None:
-            return self._f_idle
-        return float(self.lock[0])
+        return self._held_clock
 
     def set_lock(self, t: float, lo: int, hi: int) -> None:
-        """Lock into [lo, hi]; under load the governor runs at hi. Takes effect after the
-        switch delay (tens of ms, growing with the size of the jump)."""
-        self._request(t, float(hi))
+        """Lock into [lo, hi]: under load the governor runs at hi, idle it holds lo."""
+        self._request(t, float(hi), float(lo))
         self.lock = (lo, hi)
 
     def reset_lock(self, t: float) -> None:
-        self._request(t, self._f_max)
+        self._request(t, self._f_max, self._f_idle)
         self.lock = None
 
-    def _request(self, t: float, target: float) -> None:
+    def _request(self, t: float, load: float, held: float) -> None:
+        # The switch takes tens of ms, more for a bigger jump (arXiv 2502.20075).
         current = self.load_clock_at(t)
         delay_ms = (
             self.profile.clock_switch_base_ms
-            + self.profile.clock_switch_per_ghz_ms * abs(target - current) / 1000.0
+            + self.profile.clock_switch_per_ghz_ms * abs(load - current) / 1000.0
         )
-        if target == current:
-            self._pending = None
-        else:
-            self._pending = (t + delay_ms / 1000.0, target)
+        self._pending = (t + delay_ms / 1000.0, load, held)
 
     # ---- timeline -------------------------------------------------------------------------
     @property
@@ -147,6 +144,10 @@ class SimGpu:
             return series[-1]
         i = bisect_right(ts, t)
         if i == 0:
+            if series is self._e:
+                # Before the node existed (or before trimmed history) the GPU sat idle, so a
+                # 1 s average read just after creation is idle power, not a partial window.
+                return series[0] - self.physics.idle_power(self._f_idle) * (ts[0] - t)
             return series[0]
         ta, tb = ts[i - 1], ts[i]
         a, b = series[i - 1], series[i]
@@ -215,6 +216,18 @@ class GpuGroup:
 
     def run_step(self, t: float, cost: StepCost) -> StepOutcome:
         gpus = self.gpus
+        if len(gpus) == 1:
+            # Hot path of every TP1 step.
+            g = gpus[0]
+            mem = g.memory_clock_mhz
+            out = self.physics.run(
+                cost, g.load_clock_at(t), None if mem >= self.physics.mem_clock_max else mem
+            )
+            g.record_step(
+                t, t + out.duration_s, out.energy_j, out.gpu_busy_s, out.mem_busy_s,
+                out.clock_mhz, out.power_capped,
+            )  # fmt: skip
+            return out
         f = min(g.load_clock_at(t) for g in gpus)
         mem = min(g.memory_clock_mhz for g in gpus)
         mem_arg = None if mem >= self.physics.mem_clock_max else float(mem)

@@ -8,7 +8,6 @@ background and every reading is consistent with every other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Literal
 
 from sim.backend import SimulatedGpuBackend
@@ -26,8 +25,6 @@ __all__ = ["SimInstance", "SimulatedNode"]
 
 class SimInstance:
     """One vLLM server on the node: an engine over a tensor-parallel group of GPUs."""
-
-    engine_kind = "vllm"
 
     def __init__(
         self,
@@ -234,8 +231,9 @@ class SimulatedNode:
                 return inst
         raise KeyError(name)
 
-    def gpus_of(self, names: Sequence[str]) -> list[int]:
-        return [i for n in names for i in self.instance(n).gpu_indices]
+    def gpu(self, index: int) -> SimGpu:
+        """The simulated GPU behind backend index ``index`` (timeline, physics, clocks)."""
+        return self._gpus[index]
 
 
 def _energy_offset(seed: int, node_name: str, index: int) -> int:

@@ -85,18 +85,10 @@ def write_png(points: list[SweepPoint], path: Path) -> None:
                   color=color, label=load)  # fmt: skip
         ax_p.plot(xs, [p.power_w for p in pts], "o-", ms=3, color=color, label=load)
         rel = [p.j_per_token / top.j_per_token for p in pts]
-        ax_e.plot(xs, rel, "o-", ms=3, color=color, label=load)
         i = min(range(len(rel)), key=rel.__getitem__)
-        ax_e.annotate(
-            f"{xs[i]} MHz\n-{1 - rel[i]:.0%}",
-            (xs[i], rel[i]),
-            textcoords="offset points",
-            xytext=(0, -26),
-            ha="center",
-            fontsize=8,
-            color=color,
-        )
-        ax_e.plot([xs[i]], [rel[i]], "*", ms=12, color=color)
+        label = f"{load}: min at {xs[i]} MHz ({1 - rel[i]:.0%} less)"
+        ax_e.plot(xs, rel, "o-", ms=3, color=color, label=label)
+        ax_e.plot([xs[i]], [rel[i]], "*", ms=13, color=color)
     ax_p.axhline(prof.tdp_w, ls="--", color="grey", lw=1)
     ax_p.text(prof.sm_clock_min_mhz, prof.tdp_w, f" TDP {prof.tdp_w:.0f} W", va="bottom",
               color="grey", fontsize=8)  # fmt: skip

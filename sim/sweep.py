@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.engine import EngineConfig
+from sim.engine import Engine, EngineConfig
 from sim.node import SimulatedNode
 from sim.profiles import gpu_profile
 from sim.workload import ArrivalStream, Chunk, Workload
@@ -41,7 +41,11 @@ LOADS: dict[str, SteadyLoad] = {
         "decode-heavy", 256, 1024, 32, "32 sequences decoding ~1024 tokens after 256-token prompts"
     ),
     "mixed": SteadyLoad(
-        "mixed", 1024, 256, 64, "64 sequences, 1024-token prompts, ~256 output: chunked prefill + decode"
+        "mixed",
+        1024,
+        256,
+        64,
+        "64 sequences, 1024-token prompts, ~256 output: chunked prefill + decode",
     ),
 }
 
@@ -119,13 +123,14 @@ def measure(
         for i in inst.gpu_indices:
             b.set_locked_sm_clocks_mhz(i, sm_clock_mhz, sm_clock_mhz)
     eng = inst.sim_engine
-    gpus = [node._gpus[i] for i in inst.gpu_indices]
+    gpus = [node.gpu(i) for i in inst.gpu_indices]
     m = eng.metrics
     # Warm up past the first wave of admissions: until a batch's worth of requests finished.
     turnover = load.concurrency or 4
     node.advance(warmup_s)
     while m.requests_finished < turnover and node.now() - node.clock_start < _MAX_WARMUP_S:
         node.advance(1.0)
+    _to_step_boundary(node, eng)
     t0 = node.now()
     e0 = sum(g.energy_j_at(t0) for g in gpus)
     steps0, busy0 = eng.steps, eng.busy_s
@@ -137,6 +142,8 @@ def measure(
     # Long enough to see the batch turn over once, so the mix of step kinds is the steady one.
     while m.requests_finished - done0 < turnover and node.now() - t0 < _MAX_WINDOW_S:
         node.advance(1.0)
+    # Whole steps only: tokens are counted per step, energy per second.
+    _to_step_boundary(node, eng)
     t1 = node.now()
     e = sum(g.energy_j_at(t1) for g in gpus) - e0
     steps = eng.steps - steps0
@@ -157,6 +164,12 @@ def measure(
         power_capped_share=(eng.capped_s - cap0) / (t1 - t0),
         steps=steps,
     )
+
+
+def _to_step_boundary(node: SimulatedNode, eng: Engine) -> None:
+    end = eng.inflight_until
+    if end is not None:
+        node.advance_to(end)
 
 
 def sweep(

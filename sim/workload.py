@@ -443,7 +443,9 @@ class TraceWorkload(Workload):
 
 # ---- synthetic arrivals ----------------------------------------------------------------
 class _SyntheticWorkload(Workload):
-    def __init__(self, rate_per_s: float, lengths: LengthSampler, duration_s: float | None) -> None:
+    def __init__(
+        self, rate_per_s: float, lengths: LengthSampler, duration_s: float | None = None
+    ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
         self.rate_per_s = rate_per_s

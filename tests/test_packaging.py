@@ -55,7 +55,9 @@ def test_blocker_really_blocks() -> None:
     assert result.returncode != 0 and "not installed on a GPU node" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["server"], ["agent"], ["demo"], ["migrate"]])
+@pytest.mark.parametrize(
+    "command", [[], ["server"], ["agent"], ["demo"], ["migrate"], ["sim"], ["sim", "sweep"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agft_cli.main", *command, "--help"],

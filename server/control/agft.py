@@ -222,7 +222,7 @@ class AgftPolicy(Policy):
         self._ref_itl = _Reference(t.reference_windows)
         self._ref_ttft = _Reference(t.reference_windows)
         # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
-        self._tail_ratio = {"itl": 1.5, "ttft": 2.0}
+        self._tail_ratio = {"ttft": 2.0}
         self._windows = 0
         self._last_choice: int | None = None
         self._last_waiting = 0.0
@@ -278,22 +278,22 @@ class AgftPolicy(Policy):
 
     def _budgets(self, f_max: int) -> tuple[float, float]:
         """Budgets on the *mean* latency of a window, for ITL and TTFT."""
+        # A request's TPOT averages the step times of the windows it lives through, so the
+        # p-th percentile of per-window mean ITL tracks the p-th percentile of TPOT. TTFT is
+        # one value per request: its percentile is the window's quantile, which the model
+        # reaches through the window's quantile/mean ratio.
         q = self.slo.percentile
-        itl_budget = self.slo.tpot_s / self._tail_ratio["itl"]
-        ttft_budget = self.slo.ttft_s / self._tail_ratio["ttft"]
+        itl_limit, ttft_limit = self.slo.tpot_s, self.slo.ttft_s
         slowdown = self.tunables.max_slowdown
         if slowdown is not None:
             ref_itl = self._ref_itl.percentile(q)
             ref_ttft = self._ref_ttft.percentile(q)
-            # The references are percentiles of request latency; the models predict means.
             if ref_itl is not None:
-                itl_budget = min(itl_budget, (1.0 + slowdown) * ref_itl / self._tail_ratio["itl"])
+                itl_limit = min(itl_limit, (1.0 + slowdown) * ref_itl)
             if ref_ttft is not None:
-                ttft_budget = min(
-                    ttft_budget, (1.0 + slowdown) * ref_ttft / self._tail_ratio["ttft"]
-                )
+                ttft_limit = min(ttft_limit, (1.0 + slowdown) * ref_ttft)
         m = self.tunables.budget_margin
-        return itl_budget * m, ttft_budget * m
+        return itl_limit * m, ttft_limit / self._tail_ratio["ttft"] * m
 
     def _candidates(self, arms: ClockArms, f_max: int) -> _Candidates:
         if self._grid is not None and self._grid.arms is arms:
@@ -364,9 +364,8 @@ class AgftPolicy(Policy):
         itl = _mean_itl(serving)
         if itl is not None and itl[1] >= self.tunables.min_tokens_for_itl:
             self._itl.update(context, ell, itl[0])
-            tail = self._track_tail("itl", serving.inter_token_latency_s, itl[0])
             speedup = self._itl.speedup_to_max(context, ell)
-            self._ref_itl.add(tail * speedup, itl[1])
+            self._ref_itl.add(itl[0] * speedup, itl[1])
             over = over or itl[0] > itl_budget * self.tunables.breach_factor
         ttft = _mean_ttft(serving)
         if ttft is not None:
@@ -426,7 +425,7 @@ class AgftPolicy(Policy):
                 for v, w in zip(values, weights, strict=True):
                     ref.add(float(v), float(w))
                 refs.append(ref)
-            tail = {k: float(state["tail_ratio"][k]) for k in ("itl", "ttft")}
+            tail = {"ttft": float(state["tail_ratio"]["ttft"])}
             windows = int(state["windows"])
             last_choice = state["last_choice"]
             last_waiting = float(state["last_waiting"])

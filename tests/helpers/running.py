@@ -27,6 +27,8 @@ class RunningServer:
 async def running_server(
     database_url: str, grpc_port: int = 0, **overrides: Any
 ) -> AsyncIterator[RunningServer]:
+    # Loop tests want a predictable policy; learner tests ask for theirs by name.
+    overrides.setdefault("policy", "static")
     settings = Settings(
         database_url=database_url,
         http_host="127.0.0.1",

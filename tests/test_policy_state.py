@@ -1,0 +1,72 @@
+"""Learning survives a server restart: policy state is saved as JSON and loaded at reconnect."""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy import create_engine, select
+
+from server.store.database import normalise_url
+from server.store.models import PolicyState
+from tests.helpers.running import running_server
+from tests.helpers.simnode import eventually, running_agent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _saved(database_url: str) -> list[PolicyState]:
+    engine = create_engine(normalise_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(PolicyState)).all())  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+
+def _windows(srv_app: object) -> int:
+    fleet = srv_app.state.fleet  # type: ignore[attr-defined]
+    session = next(iter(fleet.sessions.values()))
+    runtime = session.instances["vllm-0"]
+    return int(runtime.policy.state()["windows"])
+
+
+async def test_agft_state_is_restored_after_a_server_restart(database_url: str) -> None:
+    port = _free_port()
+    settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
+    async with running_server(database_url, grpc_port=port, **settings) as srv:
+        ra_cm = running_agent(srv.grpc_address, instances=1)
+        ra = await ra_cm.__aenter__()
+        await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
+        await eventually(lambda: _windows(srv.app) >= 15, 20, "15 windows learned")
+        learned = _windows(srv.app)
+    try:
+        rows = _saved(database_url)
+        assert [(r.policy, r.decisions >= learned) for r in rows] == [("agft", True)]
+        assert rows[0].state["version"] == 1
+        async with running_server(database_url, grpc_port=port, **settings) as srv2:
+            await eventually(lambda: srv2.app.state.fleet.sessions, 10, "agent reconnected")
+            # The restored policy continues counting from where it stopped: no new warm-up.
+            assert _windows(srv2.app) >= learned
+    finally:
+        await ra_cm.__aexit__(None, None, None)
+
+
+async def test_corrupt_saved_state_starts_fresh_instead_of_failing(sqlite_url: str) -> None:
+    port = _free_port()
+    settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
+    async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
+        async with running_agent(srv.grpc_address, instances=1):
+            await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
+            await eventually(lambda: _windows(srv.app) >= 3, 20, "a few windows")
+    engine = create_engine(normalise_url(sqlite_url))
+    with engine.begin() as conn:
+        conn.execute(PolicyState.__table__.update().values(state={"version": 1, "power": "junk"}))
+    engine.dispose()
+    async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
+        async with running_agent(srv.grpc_address, instances=1) as ra:
+            await eventually(lambda: ra.agent.acks_sent + ra.agent.windows_sent > 3, 20, "loop")
+            assert srv.app.state.fleet.sessions
