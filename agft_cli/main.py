@@ -41,7 +41,10 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
         "--trace", help="Azure-schema CSV to replay (default: the shipped Azure conv 2023 trace)"
     )
     p.add_argument(
-        "--rate-scale", type=float, default=1.0, help="multiply the trace's request rate"
+        "--rate-scale",
+        type=float,
+        default=2.0,
+        help="multiply the trace's request rate (per node, split over its instances)",
     )
     p.add_argument("--seed", type=int, default=0)
 
