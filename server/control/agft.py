@@ -51,14 +51,14 @@ POWER_SCALE_W = 100.0
 @dataclass(frozen=True, slots=True)
 class AgftTunables:
     max_slowdown: float | None = 0.10  # relative p-th percentile budget vs default clocks
-    budget_margin: float = 0.95  # aim this far inside the budget
+    budget_margin: float = 1.0  # aim this far inside the budget
     grid_step_mhz: int = 30
     floor_fraction: float = 0.35  # never below this share of the max clock
     down_step_mhz: int = 90  # largest downward move per window
     violation_step_mhz: int = 240  # upward jump after a window over budget
     queue_jump_waiting: float = 4.0  # this many waiting requests -> max clock
-    min_saving_fraction: float = 0.015  # switching cost: predicted power saving to move
-    latency_alpha: float = 1.0  # width multiplier on the latency upper bound
+    min_saving_fraction: float = 0.03  # switching cost: predicted power saving to move
+    latency_alpha: float = 0.5  # width multiplier on the latency upper bound
     power_alpha: float = 0.3  # optimism on power (exploration inside the safe set)
     ridge_lambda: float = 1.0
     reference_windows: int = 900  # windows behind the relative budget's reference
@@ -194,6 +194,15 @@ def _context(obs: Observation) -> FloatArray | None:
     return np.minimum(x / CONTEXT_SCALE, 10.0)  # type: ignore[no-any-return]
 
 
+def _idle(s: ServingSample) -> bool:
+    return (
+        (s.num_requests_running or 0.0) == 0.0
+        and (s.num_requests_waiting or 0.0) == 0.0
+        and (s.prompt_tokens or 0.0) == 0.0
+        and (s.generation_tokens or 0.0) == 0.0
+    )
+
+
 def _mean_itl(s: ServingSample) -> tuple[float, float] | None:
     h = s.inter_token_latency_s
     if h is None or h.count <= 0 or h.sum <= 0:
@@ -227,6 +236,7 @@ class AgftPolicy(Policy):
         self._last_choice: int | None = None
         self._last_waiting = 0.0
         self._dwell = 0
+        self._last_busy_choice: int | None = None
         self._grid: _Candidates | None = None
 
     # ---- the decision ------------------------------------------------------------------
@@ -253,6 +263,12 @@ class AgftPolicy(Policy):
             )
         if waiting >= self.tunables.queue_jump_waiting or (growing and waiting >= 2.0):
             return self._choose(None, f"agft: queue of {waiting:.0f}, max clock", features, f_max)
+        if _idle(serving):
+            # Idle: hold the clock last chosen under load. Drifting down while nothing
+            # runs would make the next burst pay for it (the reference design's fault);
+            # a lock costs nothing while the GPU idles, and waking is one window away.
+            held = self._last_busy_choice
+            return self._choose(held, "agft: idle, holding the last busy clock", features, f_max)
         if over:
             target = min(f_max, in_force + self.tunables.violation_step_mhz)
             clock = arms.snap_down(target) or f_max
@@ -274,6 +290,8 @@ class AgftPolicy(Policy):
         if clock is not None and clock >= f_max:
             clock = None
         self._last_choice = clock
+        if not reason.startswith("agft: idle"):
+            self._last_busy_choice = clock
         return ClockDecision(clock, reason, features)
 
     def _budgets(self, f_max: int) -> tuple[float, float]:
@@ -395,6 +413,7 @@ class AgftPolicy(Policy):
             "last_choice": self._last_choice,
             "last_waiting": self._last_waiting,
             "dwell": self._dwell,
+            "last_busy_choice": self._last_busy_choice,
             "tail_ratio": dict(self._tail_ratio),
             "power": self._power.ridge.to_dict(),
             "itl": self._itl.ridge.to_dict(),
@@ -430,6 +449,9 @@ class AgftPolicy(Policy):
             last_choice = state["last_choice"]
             last_waiting = float(state["last_waiting"])
             dwell = int(state["dwell"])
+            last_busy = state["last_busy_choice"]
+            if last_busy is not None and not isinstance(last_busy, int):
+                raise ValueError("last_busy_choice must be an int or null")
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"agft state: {err}") from err
         if last_choice is not None and not isinstance(last_choice, int):
@@ -442,3 +464,4 @@ class AgftPolicy(Policy):
         self._last_choice = last_choice
         self._last_waiting = last_waiting
         self._dwell = dwell
+        self._last_busy_choice = last_busy

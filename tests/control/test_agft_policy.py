@@ -136,3 +136,11 @@ def test_state_survives_a_json_round_trip() -> None:
 def test_malformed_state_is_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         AgftPolicy(SloTargets()).load_state(bad)
+
+
+def test_idle_holds_the_last_busy_clock_instead_of_drifting_down() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    busy = run(policy, 200)[-1]
+    held = [policy.decide(obs(busy, 8000.0 + i, load=0.0), ARMS) for i in range(30)]
+    assert all(d.sm_clock_mhz == busy for d in held)
+    assert all("idle" in d.reason for d in held)
