@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
 from server.store.database import normalise_url
 from server.store.models import PolicyState
@@ -39,7 +39,7 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
     async with running_server(database_url, grpc_port=port, **settings) as srv:
         ra_cm = running_agent(srv.grpc_address, instances=1)
-        ra = await ra_cm.__aenter__()
+        await ra_cm.__aenter__()
         await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
         await eventually(lambda: _windows(srv.app) >= 15, 20, "15 windows learned")
         learned = _windows(srv.app)
@@ -58,15 +58,19 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
 async def test_corrupt_saved_state_starts_fresh_instead_of_failing(sqlite_url: str) -> None:
     port = _free_port()
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
-    async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
-        async with running_agent(srv.grpc_address, instances=1):
-            await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
-            await eventually(lambda: _windows(srv.app) >= 3, 20, "a few windows")
+    async with (
+        running_server(sqlite_url, grpc_port=port, **settings) as srv,
+        running_agent(srv.grpc_address, instances=1),
+    ):
+        await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
+        await eventually(lambda: _windows(srv.app) >= 3, 20, "a few windows")
     engine = create_engine(normalise_url(sqlite_url))
     with engine.begin() as conn:
-        conn.execute(PolicyState.__table__.update().values(state={"version": 1, "power": "junk"}))
+        conn.execute(update(PolicyState).values(state={"version": 1, "power": "junk"}))
     engine.dispose()
-    async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
-        async with running_agent(srv.grpc_address, instances=1) as ra:
-            await eventually(lambda: ra.agent.acks_sent + ra.agent.windows_sent > 3, 20, "loop")
-            assert srv.app.state.fleet.sessions
+    async with (
+        running_server(sqlite_url, grpc_port=port, **settings) as srv,
+        running_agent(srv.grpc_address, instances=1) as ra,
+    ):
+        await eventually(lambda: ra.agent.acks_sent + ra.agent.windows_sent > 3, 20, "loop")
+        assert srv.app.state.fleet.sessions

@@ -127,7 +127,7 @@ class GpuBackend(abc.ABC):
         """Lock the memory clock (Ampere and newer); backends without it refuse."""
         raise GpuNotSupportedError(f"GPU {index}: memory clock locks are not supported")
 
-    def reset_locked_memory_clocks(self, index: int) -> None:
+    def reset_locked_memory_clocks(self, index: int) -> None:  # noqa: B027 - optional hook
         """Undo set_locked_memory_clocks_mhz (a no-op where memory locks are unsupported)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing

@@ -92,7 +92,7 @@ class _LatencyModel:
     def upper_log(self, context: FloatArray, ells: FloatArray, alpha: float) -> FloatArray:
         phi = self._matrix(context, ells)
         mean, width = self.ridge.predict_many(phi)
-        return mean + alpha * width + self.PRIOR_SLOPE * ells  # type: ignore[no-any-return]
+        return mean + alpha * width + self.PRIOR_SLOPE * ells
 
     def mean_log(self, context: FloatArray, ell: float) -> float:
         return self.ridge.predict(self.features(context, ell)) + self.PRIOR_SLOPE * ell
@@ -127,7 +127,7 @@ class _PowerModel:
         base = np.concatenate(([1.0], context))
         phi = (basis[:, :, None] * base[None, None, :]).reshape(len(basis), -1)
         mean, width = self.ridge.predict_many(phi)
-        return (mean - alpha * width) * POWER_SCALE_W  # type: ignore[no-any-return]
+        return (mean - alpha * width) * POWER_SCALE_W
 
 
 class _Reference:
@@ -191,7 +191,8 @@ def _context(obs: Observation) -> FloatArray | None:
     x = np.asarray(raw, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         return None
-    return np.minimum(x / CONTEXT_SCALE, 10.0)  # type: ignore[no-any-return]
+    scaled: FloatArray = np.minimum(x / CONTEXT_SCALE, 10.0)
+    return scaled
 
 
 def _idle(s: ServingSample) -> bool:
@@ -360,7 +361,8 @@ class AgftPolicy(Policy):
         chosen = int(clocks[best])
         return chosen, (
             f"agft: {chosen} MHz cheapest within budget "
-            f"(~{power[best]:.0f} W; ITL<{itl_budget * 1e3:.1f} ms, TTFT<{ttft_budget * 1e3:.0f} ms)"
+            f"(~{power[best]:.0f} W; ITL<{itl_budget * 1e3:.1f} ms, "
+            f"TTFT<{ttft_budget * 1e3:.0f} ms)"
         )
 
     # ---- learning -----------------------------------------------------------------------

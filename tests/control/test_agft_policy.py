@@ -60,12 +60,11 @@ def obs(
     return Observation(t, t + 1.0, (gpu,), sample if serving else None, clock)
 
 
-def run(
-    policy: AgftPolicy, windows: int, start_clock: int | None = None, **kw: float
-) -> list[int | None]:
-    clock, chosen = start_clock, []
+def run(policy: AgftPolicy, windows: int, load: float = 1.0) -> list[int | None]:
+    clock: int | None = None
+    chosen: list[int | None] = []
     for i in range(windows):
-        decision = policy.decide(obs(clock, 1000.0 + i, **kw), ARMS)
+        decision = policy.decide(obs(clock, 1000.0 + i, load=load), ARMS)
         assert decision.sm_clock_mhz is None or decision.sm_clock_mhz in ARMS.supported_mhz
         clock = decision.sm_clock_mhz
         chosen.append(clock)

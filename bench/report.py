@@ -1,0 +1,216 @@
+"""results.json and results.md of a benchmark."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from bench.runner import REFERENCE, BenchResult
+
+# Policy fields of the Markdown table: (key, header, format).
+_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("energy_j", "energy (kJ)", "kj"),
+    ("energy_saving_pct", "saving", "pct"),
+    ("edp_change_pct", "EDP change", "pct"),
+    ("ttft_p50_s", "TTFT p50 (ms)", "ms"),
+    ("ttft_p90_s", "TTFT p90 (ms)", "ms"),
+    ("ttft_p99_s", "TTFT p99 (ms)", "ms"),
+    ("tpot_p50_s", "TPOT p50 (ms)", "ms"),
+    ("tpot_p90_s", "TPOT p90 (ms)", "ms"),
+    ("tpot_p99_s", "TPOT p99 (ms)", "ms"),
+    ("slo_attainment", "SLO met", "share"),
+    ("clock_switches", "switches", "int"),
+    ("decisions_to_90pct", "decisions to 90 %", "int"),
+    ("decide_cpu_ms", "CPU/decision (ms)", "cpu"),
+    ("requests_completed", "requests done", "int"),
+)
+
+
+def _settings(result: BenchResult) -> dict[str, Any]:
+    c = result.config
+    return {
+        "trace": str(c.trace),
+        "trace_name": c.trace.name.split(".")[0],
+        "gpu": c.gpu,
+        "model": c.model,
+        "rate_scale": result.rate_scale,
+        "peak_load": c.peak_load,
+        "capacity_rps": result.capacity.rps if result.capacity else None,
+        "capacity_sample_requests": result.capacity.sample_requests if result.capacity else None,
+        "busiest_minute_rps_unscaled": result.busiest_unscaled_rps,
+        "busiest_minute_rps": result.arrivals.busiest_rate_rps(),
+        "requests_in_run": len(result.arrivals),
+        "slo": {
+            "ttft_s": c.slo.ttft_s,
+            "tpot_s": c.slo.tpot_s,
+            "percentile": c.slo.percentile,
+        },
+        "seed": c.seed,
+        "window_s": c.window_s,
+        "duration_s": c.duration_s,
+        "drain_s": c.drain_s,
+        "windows": result.windows,
+        "lease_s": result.lease_s,
+        "f_max_mhz": result.f_max_mhz,
+        "reference": REFERENCE,
+        "static_clock_mhz": c.static_clock_mhz,
+        "best_static": {"step_mhz": c.static_step_mhz, "min_clock_fraction": c.min_clock_fraction},
+        "oracle": {
+            "step_mhz": c.oracle_step_mhz,
+            "min_clock_fraction": c.min_clock_fraction,
+            "slowdown": c.oracle_slowdown,
+            "lookahead_windows": c.oracle_lookahead,
+            "budget": c.oracle_budget,
+        },
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write null for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def results_dict(result: BenchResult) -> dict[str, Any]:
+    policies: dict[str, dict[str, Any]] = {}
+    for name, summary in result.summaries.items():
+        entry = dict(summary)
+        if name == "best-static" and result.best_static is not None:
+            entry["best_static_clock_mhz"] = result.best_static.clock_mhz
+        if name == "oracle" and result.oracle_steps is not None:
+            steps = result.oracle_steps
+            entry["oracle_fallback_windows"] = sum(s.fallback for s in steps)
+            entry["oracle_candidates_per_window"] = (
+                sum(s.candidates for s in steps) / len(steps) if steps else None
+            )
+        policies[name] = entry
+    out: dict[str, Any] = {"settings": _settings(result), "policies": policies}
+    if result.best_static is not None:
+        out["best_static_grid"] = [
+            {
+                "clock_mhz": p.clock_mhz,
+                "meets_slo": p.meets,
+                "energy_j": p.summary["energy_j"],
+                "energy_saving_pct": p.summary["energy_saving_pct"],
+                "slo_attainment": p.summary["slo_attainment"],
+                "ttft_p90_s": p.summary["ttft_p90_s"],
+                "tpot_p90_s": p.summary["tpot_p90_s"],
+            }
+            for p in result.best_static.grid
+        ]
+    # Machine-dependent: excluded, with decide_cpu_ms, from "same seed, same numbers".
+    wall = {name: run.wall_s for name, run in result.runs.items()}
+    if result.best_static is not None:
+        wall["best-static"] = result.best_static.wall_s  # the whole grid search
+    out["timing"] = {
+        "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}",
+        "cpus": os.cpu_count(),
+        "capacity_wall_s": result.capacity.wall_s if result.capacity else None,
+        "wall_s": wall,
+    }
+    return _finite(out)  # type: ignore[no-any-return]
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "kj":
+        return f"{value / 1000:.1f}"
+    if kind == "pct":
+        return f"{value:+.1f} %"
+    if kind == "ms":
+        return f"{1000 * value:.1f}"
+    if kind == "share":
+        return f"{100 * value:.2f} %"
+    if kind == "cpu":
+        return f"{value:.3f}"
+    return str(value)
+
+
+def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
+    s = data["settings"]
+    slo = s["slo"]
+    load = (
+        f"peak load {s['peak_load']:.0%} of capacity ({s['capacity_rps']:.2f} req/s)"
+        if s["peak_load"] is not None
+        else "rate as given"
+    )
+    lines = [
+        f"# agft bench: {s['trace_name']} on {s['gpu']} / {s['model']}",
+        "",
+        f"- requests: {s['requests_in_run']} (rate scale {s['rate_scale']:.4f}, {load}; "
+        f"busiest minute {s['busiest_minute_rps']:.2f} req/s)",
+        f"- SLO: TTFT {slo['ttft_s']} s and TPOT {slo['tpot_s']} s at p{slo['percentile']:g}",
+        f"- {s['windows']} windows of {s['window_s']} s (trace + {s['drain_s']:g} s drain), "
+        f"seed {s['seed']}, lease {s['lease_s']:g} s",
+        "",
+        "| policy | " + " | ".join(h for _, h, _ in _TABLE) + " |",
+        "|---|" + "---:|" * len(_TABLE),
+    ]
+    for name, entry in data["policies"].items():
+        label = name
+        if name == "best-static" and entry.get("best_static_clock_mhz") is not None:
+            label = f"best-static ({entry['best_static_clock_mhz']} MHz)"
+        cells = [_cell(entry.get(key), kind) for key, _, kind in _TABLE]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Saving and EDP change are against the default-clock run of the same requests; "
+        "EDP uses mean end-to-end latency as the delay. TPOT is per request, "
+        "(finish - first token) / (output tokens - 1). SLO met: share of all arrivals "
+        "meeting both objectives. See docs/BENCHMARK.md for every definition.",
+    ]
+    grid = data.get("best_static_grid")
+    if grid:
+        lines += [
+            "",
+            "## best-static grid",
+            "",
+            "| clock (MHz) | meets SLO | saving | SLO met | TTFT p90 (ms) | TPOT p90 (ms) |",
+            "|---:|:---:|---:|---:|---:|---:|",
+        ]
+        for p in grid:
+            lines.append(
+                f"| {p['clock_mhz']} | {'yes' if p['meets_slo'] else 'no'} "
+                f"| {_cell(p['energy_saving_pct'], 'pct')} | {_cell(p['slo_attainment'], 'share')} "
+                f"| {_cell(p['ttft_p90_s'], 'ms')} | {_cell(p['tpot_p90_s'], 'ms')} |"
+            )
+    oracle = data["policies"].get("oracle")
+    if oracle is not None:
+        o = s["oracle"]
+        lines += [
+            "",
+            "## oracle",
+            "",
+            f"Grid every {o['step_mhz']} MHz from f_max down to {o['min_clock_fraction']:.0%} of "
+            f"it, plus default clocks; lookahead {o['lookahead_windows']} windows at default; "
+            f"budget min(SLO, (1 + {o['slowdown']:g}) x default) measured per "
+            f"{'window' if o['budget'] == 'window' else 'run so far (cumulative)'}. "
+            f"Windows with no clock within budget (default clocks): "
+            f"{oracle.get('oracle_fallback_windows')}; candidates simulated per window: "
+            f"{_cell(oracle.get('oracle_candidates_per_window'), 'cpu')}.",
+        ]
+    if plots:
+        lines += ["", "## plots", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+    t = data["timing"]
+    lines += ["", "## wall time", "", f"Machine: {t['machine']}.", ""]
+    lines += [f"- {name}: {wall:.1f} s" for name, wall in t["wall_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: BenchResult, out: Path, plots: list[str]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    data = results_dict(result)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(results_markdown(data, plots), encoding="utf-8")
+    return data

@@ -1,0 +1,228 @@
+"""A whole benchmark: the request stream, the default-clock reference, then every policy."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from bench.arrivals import Arrivals, busiest_rate_rps, load_trace, scaled_arrivals
+from bench.best_static import BestStatic
+from bench.best_static import search as search_best_static
+from bench.capacity import Capacity, measure_capacity, scale_to_peak
+from bench.grid import clock_grid
+from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
+from bench.metrics import summarise
+from bench.oracle import OraclePolicy, OracleSearch, OracleStep
+from bench.progress import ProgressLine, note
+from server.control.policy import ClockArms, Policy, SloTargets
+from server.control.registry import make_policy
+
+BENCH_ONLY = ("best-static", "oracle")
+REFERENCE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    trace: Path
+    gpu: str = "h100-sxm"
+    model: str = "llama-3.1-8b"
+    rate_scale: float | None = None  # None with peak_load None: 1.0
+    peak_load: float | None = None
+    slo: SloTargets = field(default_factory=SloTargets)
+    policies: tuple[str, ...] = ("default", "rule", "agft-paper", "best-static")
+    static_clock_mhz: int | None = None
+    seed: int = 0
+    window_s: float = 1.0
+    duration_s: float | None = None
+    drain_s: float = 120.0
+    min_clock_fraction: float = 0.4
+    static_step_mhz: int = 90
+    oracle_step_mhz: int = 90
+    oracle_slowdown: float = 0.10
+    oracle_lookahead: int = 2
+    oracle_budget: str = "cumulative"
+
+
+@dataclass(slots=True)
+class BenchResult:
+    config: BenchConfig
+    arrivals: Arrivals
+    rate_scale: float
+    capacity: Capacity | None
+    busiest_unscaled_rps: float
+    windows: int
+    lease_s: float
+    f_max_mhz: int
+    runs: dict[str, PolicyRun]
+    summaries: dict[str, dict[str, Any]]
+    best_static: BestStatic | None = None
+    oracle_steps: list[OracleStep] | None = None
+
+
+def policy_for(name: str, config: BenchConfig) -> Policy:
+    """A fresh server policy by name (ValueError / ImportError surface to the CLI)."""
+    return make_policy(
+        name, slo=config.slo, static_clock_mhz=config.static_clock_mhz, seed=config.seed
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStream:
+    """The request stream every policy of the run gets."""
+
+    arrivals: Arrivals
+    rate_scale: float
+    capacity: Capacity | None
+    busiest_unscaled_rps: float
+
+
+def prepare(config: BenchConfig, err: TextIO | None = None) -> PreparedStream:
+    """Read, cut and scale the trace. Raises TraceFormatError (naming the line) or ValueError."""
+    rows = load_trace(config.trace, config.duration_s)
+    busiest = busiest_rate_rps(rows.t)
+    if config.peak_load is None:
+        scale = 1.0 if config.rate_scale is None else config.rate_scale
+        return PreparedStream(scaled_arrivals(rows, scale, config.seed), scale, None, busiest)
+    note(f"measuring capacity of {config.gpu}/{config.model} for this trace's mix", err)
+    capacity = measure_capacity(config.gpu, config.model, rows, config.seed)
+    scale, arrivals = scale_to_peak(rows, capacity.rps, config.peak_load, config.seed)
+    note(
+        f"capacity {capacity.rps:.2f} req/s; rate scale {scale:.4f} puts the busiest minute "
+        f"at {arrivals.busiest_rate_rps():.2f} req/s ({config.peak_load:.0%} of capacity)",
+        err,
+    )
+    return PreparedStream(arrivals, scale, capacity, busiest)
+
+
+def run_bench(
+    config: BenchConfig,
+    workload: PreparedStream | None = None,
+    err: TextIO | None = None,
+    jobs: int = 1,
+) -> BenchResult:
+    """Every policy of config over the workload; runs are independent and deterministic, so
+    `jobs` worker processes give the same numbers as one, sooner."""
+    workload = workload or prepare(config, err)
+    arrivals = workload.arrivals
+    windows = RunSpec.windows_for(arrivals, config.window_s, config.drain_s)
+    spec = RunSpec(config.gpu, config.model, arrivals, config.seed, config.window_s, windows)
+    probe = new_node(spec)
+    arms = instance_arms(probe, tuple(probe.instances[0].gpu_indices))
+    result = BenchResult(
+        config=config,
+        arrivals=arrivals,
+        rate_scale=workload.rate_scale,
+        capacity=workload.capacity,
+        busiest_unscaled_rps=workload.busiest_unscaled_rps,
+        windows=windows,
+        lease_s=spec.lease_s,
+        f_max_mhz=arms.supported_mhz[-1],
+        runs={},
+        summaries={},
+    )
+    # Progress goes to stderr, or nowhere when the caller passed another stream (--quiet).
+    tasks = _Tasks(spec, config, loud=err is None or err is sys.stderr)
+    with _Pool(jobs) as pool:
+        # The longest job first, so it overlaps everything else.
+        oracle = pool.submit(_oracle_task, tasks, arms) if "oracle" in config.policies else None
+        named = {
+            name: pool.submit(_policy_task, tasks, name)
+            for name in dict.fromkeys([REFERENCE, *config.policies])
+            if name not in BENCH_ONLY
+        }
+        runs = {name: future.result() for name, future in named.items()}
+        if "best-static" in config.policies:
+            grid = clock_grid(arms, config.static_step_mhz, config.min_clock_fraction)
+
+            def run_static(clocks: list[int]) -> list[PolicyRun]:
+                futures = [pool.submit(_static_task, tasks, clock) for clock in clocks]
+                return [f.result() for f in futures]
+
+            best = search_best_static(grid, run_static, runs[REFERENCE], config.slo, pool.jobs)
+            result.best_static = best
+            if best.run is None:
+                note("best-static: no clock of the grid met the SLO; default clocks", err)
+            runs["best-static"] = best.run if best.run is not None else runs[REFERENCE]
+        if oracle is not None:
+            runs["oracle"], result.oracle_steps = oracle.result()
+    order = [REFERENCE, *[p for p in config.policies if p != REFERENCE]]
+    result.runs = {name: runs[name] for name in order}
+    reference = runs[REFERENCE]
+    result.summaries = {n: summarise(r, reference, config.slo) for n, r in result.runs.items()}
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Tasks:
+    """What a worker needs to run one policy (picklable for worker processes)."""
+
+    spec: RunSpec
+    config: BenchConfig
+    loud: bool  # progress lines on stderr
+
+    def progress(self, label: str) -> ProgressLine:
+        trace = self.config.trace.name.split(".")[0]
+        return ProgressLine(f"{label} on {trace}", sys.stderr if self.loud else io.StringIO())
+
+
+def _policy_task(tasks: _Tasks, name: str) -> PolicyRun:
+    return run_policy(tasks.spec, policy_for(name, tasks.config), progress=tasks.progress(name))
+
+
+def _static_task(tasks: _Tasks, clock: int) -> PolicyRun:
+    label = f"best-static@{clock}"
+    policy = make_policy("static", static_clock_mhz=clock)
+    return run_policy(tasks.spec, policy, label=label, progress=tasks.progress(label))
+
+
+def _oracle_task(tasks: _Tasks, arms: ClockArms) -> tuple[PolicyRun, list[OracleStep]]:
+    config = tasks.config
+    policy = OraclePolicy()
+    search = OracleSearch(
+        policy,
+        new_node(tasks.spec),
+        clock_grid(arms, config.oracle_step_mhz, config.min_clock_fraction),
+        config.window_s,
+        config.slo,
+        slowdown=config.oracle_slowdown,
+        lookahead=config.oracle_lookahead,
+        budget=config.oracle_budget,
+    )
+    run = run_policy(tasks.spec, policy, advisor=search, progress=tasks.progress("oracle"))
+    return run, search.steps
+
+
+T = TypeVar("T")
+
+
+class _Pool:
+    """Worker processes when jobs > 1; otherwise runs each task at once, in this process."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = max(1, jobs)
+        self._executor: ProcessPoolExecutor | None = None
+        if self.jobs > 1:
+            # fork: workers start at once and inherit the imported modules.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._executor is not None:
+            return self._executor.submit(fn, *args)
+        future: Future[T] = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
