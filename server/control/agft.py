@@ -40,7 +40,7 @@ from server.control.ridge import RidgeArm
 
 FloatArray = NDArray[np.float64]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 N_CONTEXT = 5  # prefill rate, decode rate, running, waiting, kv usage
 # Fixed scales (not running z-scores): a feature must mean the same thing in window 10
 # and window 10 000, or the regression's old evidence turns into noise.
@@ -50,7 +50,9 @@ POWER_SCALE_W = 100.0
 
 @dataclass(frozen=True, slots=True)
 class AgftTunables:
-    max_slowdown: float | None = 0.10  # relative p-th percentile budget vs default clocks
+    # Aim at 7 % so the measured p90 lands within the promised 10 %: the controller sees
+    # per-window statistics on vLLM's coarse buckets, not per-request latencies.
+    max_slowdown: float | None = 0.07  # relative p-th percentile budget vs default clocks
     budget_margin: float = 1.0  # aim this far inside the budget
     grid_step_mhz: int = 30
     floor_fraction: float = 0.35  # never below this share of the max clock
@@ -166,6 +168,67 @@ class _Reference:
         return float(vals[order][min(idx, len(vals) - 1)])
 
 
+class _RelativeBudget:
+    """ "At most (1 + slowdown) x what default clocks would give", closed-loop.
+
+    `reference` holds each window's latency statistic scaled to the max clock by the
+    latency model; `seen` holds the same statistic as measured. The model's scaling can
+    be wrong (queueing makes latency grow faster than any per-window model says), so the
+    limit is multiplied by a gain that integral control steers until the measured
+    percentile sits at (1 + slowdown) x the reference percentile.
+    """
+
+    GAIN_MIN, GAIN_MAX, GAIN_RATE = 0.3, 1.5, 0.5
+
+    def __init__(self, size: int) -> None:
+        self.reference = _Reference(size)
+        self.seen = _Reference(size)
+        self.gain = 1.0
+        self._since_adapt = 0
+
+    def add(self, measured: float, speedup: float, weight: float) -> None:
+        self.reference.add(measured * speedup, weight)
+        self.seen.add(measured, weight)
+        self._since_adapt += 1
+
+    def limit(self, q: float, slowdown: float) -> float | None:
+        ref = self.reference.percentile(q)
+        if ref is None:
+            return None
+        if self._since_adapt >= 20:
+            self._adapt(q, slowdown, ref)
+        return self.gain * (1.0 + slowdown) * ref
+
+    def _adapt(self, q: float, slowdown: float, ref: float) -> None:
+        self._since_adapt = 0
+        seen = self.seen.percentile(q)
+        if seen is None or seen <= 0:
+            return
+        error = (1.0 + slowdown) * ref / seen  # > 1: room left; < 1: over the promise
+        self.gain = min(self.GAIN_MAX, max(self.GAIN_MIN, self.gain * error**self.GAIN_RATE))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": [list(self.reference.values), list(self.reference.weights)],
+            "seen": [list(self.seen.values), list(self.seen.weights)],
+            "gain": self.gain,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, size: int) -> _RelativeBudget:
+        budget = cls(size)
+        for key in ("reference", "seen"):
+            values, weights = data[key]
+            target = getattr(budget, key)
+            for v, w in zip(values, weights, strict=True):
+                target.add(float(v), float(w))
+        gain = float(data["gain"])
+        if not cls.GAIN_MIN <= gain <= cls.GAIN_MAX:
+            raise ValueError(f"budget gain {gain} out of range")
+        budget.gain = gain
+        return budget
+
+
 @dataclass(frozen=True, slots=True)
 class _Candidates:
     """The clocks considered for one instance, with their precomputed model inputs."""
@@ -229,8 +292,8 @@ class AgftPolicy(Policy):
         self._power = _PowerModel(t.ridge_lambda)
         self._itl = _LatencyModel(t.ridge_lambda)
         self._ttft = _LatencyModel(t.ridge_lambda)
-        self._ref_itl = _Reference(t.reference_windows)
-        self._ref_ttft = _Reference(t.reference_windows)
+        self._rel_itl = _RelativeBudget(t.reference_windows)
+        self._rel_ttft = _RelativeBudget(t.reference_windows)
         # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
         self._tail_ratio = {"ttft": 2.0}
         self._windows = 0
@@ -305,12 +368,12 @@ class AgftPolicy(Policy):
         itl_limit, ttft_limit = self.slo.tpot_s, self.slo.ttft_s
         slowdown = self.tunables.max_slowdown
         if slowdown is not None:
-            ref_itl = self._ref_itl.percentile(q)
-            ref_ttft = self._ref_ttft.percentile(q)
-            if ref_itl is not None:
-                itl_limit = min(itl_limit, (1.0 + slowdown) * ref_itl)
-            if ref_ttft is not None:
-                ttft_limit = min(ttft_limit, (1.0 + slowdown) * ref_ttft)
+            rel_itl = self._rel_itl.limit(q, slowdown)
+            rel_ttft = self._rel_ttft.limit(q, slowdown)
+            if rel_itl is not None:
+                itl_limit = min(itl_limit, rel_itl)
+            if rel_ttft is not None:
+                ttft_limit = min(ttft_limit, rel_ttft)
         m = self.tunables.budget_margin
         return itl_limit * m, ttft_limit / self._tail_ratio["ttft"] * m
 
@@ -385,14 +448,14 @@ class AgftPolicy(Policy):
         if itl is not None and itl[1] >= self.tunables.min_tokens_for_itl:
             self._itl.update(context, ell, itl[0])
             speedup = self._itl.speedup_to_max(context, ell)
-            self._ref_itl.add(itl[0] * speedup, itl[1])
+            self._rel_itl.add(itl[0], speedup, itl[1])
             over = over or itl[0] > itl_budget * self.tunables.breach_factor
         ttft = _mean_ttft(serving)
         if ttft is not None:
             self._ttft.update(context, ell, ttft[0])
             tail = self._track_tail("ttft", serving.ttft_s, ttft[0])
             speedup = self._ttft.speedup_to_max(context, ell)
-            self._ref_ttft.add(tail * speedup, ttft[1])
+            self._rel_ttft.add(tail, speedup, ttft[1])
             over = over or ttft[0] > ttft_budget * self.tunables.breach_factor
         return over
 
@@ -420,8 +483,8 @@ class AgftPolicy(Policy):
             "power": self._power.ridge.to_dict(),
             "itl": self._itl.ridge.to_dict(),
             "ttft": self._ttft.ridge.to_dict(),
-            "ref_itl": [list(self._ref_itl.values), list(self._ref_itl.weights)],
-            "ref_ttft": [list(self._ref_ttft.values), list(self._ref_ttft.weights)],
+            "relative_itl": self._rel_itl.to_dict(),
+            "relative_ttft": self._rel_ttft.to_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -439,13 +502,8 @@ class AgftPolicy(Policy):
                 self._ttft.ridge.dim,
             ):
                 raise ValueError("model dimensions differ")
-            refs = []
-            for key in ("ref_itl", "ref_ttft"):
-                values, weights = state[key]
-                ref = _Reference(tunables.reference_windows)
-                for v, w in zip(values, weights, strict=True):
-                    ref.add(float(v), float(w))
-                refs.append(ref)
+            rel_itl = _RelativeBudget.from_dict(state["relative_itl"], tunables.reference_windows)
+            rel_ttft = _RelativeBudget.from_dict(state["relative_ttft"], tunables.reference_windows)
             tail = {"ttft": float(state["tail_ratio"]["ttft"])}
             windows = int(state["windows"])
             last_choice = state["last_choice"]
@@ -460,7 +518,7 @@ class AgftPolicy(Policy):
             raise ValueError("agft state: last_choice must be an int or null")
         self.tunables = tunables
         self._power.ridge, self._itl.ridge, self._ttft.ridge = power, itl, ttft
-        self._ref_itl, self._ref_ttft = refs
+        self._rel_itl, self._rel_ttft = rel_itl, rel_ttft
         self._tail_ratio = tail
         self._windows = windows
         self._last_choice = last_choice
