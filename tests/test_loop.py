@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 from sqlalchemy import create_engine, select
@@ -11,9 +10,10 @@ from sqlalchemy import create_engine, select
 from server.store.database import normalise_url
 from server.store.models import ClockCommand, Decision
 from tests.helpers.running import running_server
-from tests.helpers.simnode import eventually, running_agent
+from tests.helpers.simnode import eventually, free_port, running_agent
 
 FIXED_MHZ = 1410
+LOWEST_MHZ = 345  # H100 SXM's lowest supported SM clock in the simulator profile
 
 
 def _rows(database_url: str) -> tuple[list[Decision], list[ClockCommand]]:
@@ -46,7 +46,8 @@ async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None
 
         await eventually(enough, 20, "6 decisions per instance")
         for index in range(2):
-            assert ra.node.backend.locked_sm_clocks_mhz(index) == (FIXED_MHZ, FIXED_MHZ)
+            # A range lock: the chosen clock under load, the lowest clock allowed when idle.
+            assert ra.node.backend.locked_sm_clocks_mhz(index) == (LOWEST_MHZ, FIXED_MHZ)
         assert ra.agent.errors_received == []
         await srv.app.state.writer.flush()
 
@@ -140,14 +141,8 @@ async def test_lease_expires_when_the_server_goes_away(sqlite_url: str) -> None:
         await ra_cm.__aexit__(None, None, None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_agent_reconnects_after_server_restart(sqlite_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     settings = {"window_s": 0.2, "lease_s": 3.0, "static_clock_mhz": FIXED_MHZ}
     async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
         ra_cm = running_agent(srv.grpc_address)
@@ -159,7 +154,7 @@ async def test_agent_reconnects_after_server_restart(sqlite_url: str) -> None:
         async with running_server(sqlite_url, grpc_port=port, **settings) as srv2:
             await eventually(lambda: ra.agent.sessions_started >= 2, 10, "reconnect")
             await eventually(lambda: ra.agent.acks_sent > sent_before, 10, "commands after restart")
-            assert ra.node.backend.locked_sm_clocks_mhz(0) == (FIXED_MHZ, FIXED_MHZ)
+            assert ra.node.backend.locked_sm_clocks_mhz(0) == (LOWEST_MHZ, FIXED_MHZ)
             await srv2.app.state.writer.flush()
     finally:
         await ra_cm.__aexit__(None, None, None)

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 from sqlalchemy import create_engine, select, update
 
 from server.store.database import normalise_url
 from server.store.models import PolicyState
 from tests.helpers.running import running_server
-from tests.helpers.simnode import eventually, running_agent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers.simnode import eventually, free_port, running_agent
 
 
 def _saved(database_url: str) -> list[PolicyState]:
@@ -35,7 +27,7 @@ def _windows(srv_app: object) -> int:
 
 
 async def test_agft_state_is_restored_after_a_server_restart(database_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
     async with running_server(database_url, grpc_port=port, **settings) as srv:
         ra_cm = running_agent(srv.grpc_address, instances=1)
@@ -56,7 +48,7 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
 
 
 async def test_corrupt_saved_state_starts_fresh_instead_of_failing(sqlite_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
     async with (
         running_server(sqlite_url, grpc_port=port, **settings) as srv,

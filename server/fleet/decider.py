@@ -110,12 +110,16 @@ def _command_for(
         )
         row.update(kind="reset")
     else:
+        # A lock is a range [lowest supported, chosen]: under load the GPU runs at the
+        # chosen clock, and idle it may drop as its governor likes. A single-clock lock
+        # would hold an idle GPU at that clock and burn power for nothing between bursts.
+        floor = min(runtime.arms.supported_mhz[0], clock) if runtime.arms.supported_mhz else clock
         expires = now.timestamp() + lease_s
         msg = pb.ServerMessage(
             set_clocks=pb.SetClocks(
                 command_id=command_id,
                 instance=runtime.name,
-                min_sm_clock_mhz=clock,
+                min_sm_clock_mhz=floor,
                 max_sm_clock_mhz=clock,
                 lease_s=lease_s,
                 expires_at_s=expires,
@@ -124,7 +128,7 @@ def _command_for(
         )
         row.update(
             kind="set",
-            min_sm_clock_mhz=clock,
+            min_sm_clock_mhz=floor,
             max_sm_clock_mhz=clock,
             lease_s=lease_s,
             expires_at=_ts(expires),

@@ -53,7 +53,8 @@ def test_static_policy_locks_the_simulated_gpu_through_decide_window(
 
     assert len(spy.windows) == spec.windows == run.decisions
     # The GPU itself is locked, as read back through the backend the agent uses.
-    assert nodes[0].backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+    lock = nodes[0].backend.locked_sm_clocks_mhz(0)
+    assert lock is not None and lock[1] == 1200 and lock[0] < 1200  # range: idle may drop
     # Every window after the first ran under the lock, as the agent's sampler saw it.
     assert run.clock_in_force_mhz[0] is None
     assert set(run.clock_in_force_mhz[1:]) == {1200}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from agft_cli.simnode import agent_config_for
 from node_agent.agent import Agent
-from node_agent.config import AgentConfig, InstanceConfig
+from node_agent.config import AgentConfig
 from sim.node import SimulatedNode
 from sim.workload import TraceWorkload, shipped_trace_path
 
@@ -28,24 +31,13 @@ def sim_node(name: str = "test-node", instances: int = 2, rate_scale: float = 1.
     return node
 
 
-def agent_config(node: SimulatedNode, server: str, node_id: str, **kw: float) -> AgentConfig:
-    return AgentConfig(
-        server=server,
-        node_id=node_id,
-        instances=tuple(
-            InstanceConfig(
-                name=i.name,
-                metrics_url=i.metrics_url,
-                gpu_indices=tuple(i.gpu_indices),
-                engine=i.engine,
-                model_name=i.model_name,
-            )
-            for i in node.instances
-        ),
+def agent_config(node: SimulatedNode, server: str, node_id: str) -> AgentConfig:
+    """The demo's agent configuration, with fast reconnects and lease checks for tests."""
+    return dataclasses.replace(
+        agent_config_for(node, server, node_id),
         backoff_initial_s=0.1,
         backoff_max_s=0.5,
         lease_check_s=0.05,
-        **kw,
     )
 
 
@@ -83,3 +75,10 @@ async def eventually(predicate: object, timeout_s: float = 10.0, what: str = "co
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for restarting a server on the same port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

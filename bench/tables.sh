@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduces the published benchmark tables (docs/BENCHMARK.md): both Azure 2023 traces on
+# three GPU/model pairs, busiest minute at 85 % of capacity at max clock, default SLOs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-docs/bench}"
+policies="default,rule,agft,agft-paper,best-static,oracle"
+for pair in "h100-sxm llama-3.1-8b" "a100-sxm llama-3.1-8b" "h100-sxm llama-2-70b"; do
+  set -- $pair
+  for trace in azure_conv_2023 azure_code_2023; do
+    .venv/bin/agft bench --gpu "$1" --model "$2" --peak-load 0.85 --policies "$policies" \
+      --trace "sim/data/traces/${trace}.csv.gz" --seed 0 --jobs 2 --quiet \
+      --out "${out}/${trace}_${1}_${2}"
+  done
+done
