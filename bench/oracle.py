@@ -39,6 +39,7 @@ from node_agent.clocks import ClockController
 from server.control.features import window_features
 from server.control.observation import Observation
 from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
+from server.fleet.decider import lock_range
 from sim.node import SimulatedNode
 
 BUDGET_MODES = ("cumulative", "window")
@@ -163,6 +164,7 @@ class OracleSearch:
         self.lookahead = lookahead
         self.judge = _Judge(budget, slo, slowdown)
         self.steps: list[OracleStep] = []
+        self._clock_arms: ClockArms | None = None
 
     def __call__(self, node: SimulatedNode, window: int) -> None:
         self.shadow.advance_to(node.now())
@@ -198,6 +200,19 @@ class OracleSearch:
             )
         )
 
+    def _arms(self, node: SimulatedNode) -> ClockArms:
+        if self._clock_arms is None:
+            backend = node.backend
+            gpus = node.instances[0].gpu_indices
+            self._clock_arms = ClockArms.intersect(
+                [
+                    backend.supported_sm_clocks_mhz(i, backend.default_memory_clock_mhz(i))
+                    for i in gpus
+                ],
+                default_mhz=min(backend.default_sm_clock_mhz(i) for i in gpus),
+            )
+        return self._clock_arms
+
     def horizon(self, node: SimulatedNode, clock_mhz: int | None) -> Horizon:
         """Fork the node; run one window at clock_mhz (None: default clocks), then the
         lookahead windows at default clocks; observe each window."""
@@ -215,7 +230,7 @@ class OracleSearch:
         itl_windows: list[Samples] = []
         for j in range(1 + self.lookahead):
             if j <= 1:
-                _command(clocks, inst.name, clock_mhz if j == 0 else None)
+                _command(clocks, inst.name, clock_mhz if j == 0 else None, self._arms(fork))
             marks = len(ttft.values), len(itl.values)
             fork.advance_to(t + (j + 1) * self.window_s)
             ttft_windows.append(ttft.since(marks[0]))
@@ -224,17 +239,21 @@ class OracleSearch:
         return Horizon(clock_mhz, energy, tuple(ttft_windows), tuple(itl_windows))
 
 
-def _command(clocks: ClockController, instance: str, clock_mhz: int | None) -> None:
-    # The same agent code applies the fork's clocks as applies the live run's.
+def _command(
+    clocks: ClockController, instance: str, clock_mhz: int | None, arms: ClockArms
+) -> None:
+    # The same agent code applies the fork's clocks as applies the live run's, in the
+    # same lock shape the server sends.
     if clock_mhz is None:
         ack = clocks.reset_clocks(pb.ResetClocks(command_id="oracle", instance=instance))
     else:
+        low, high = lock_range(arms, clock_mhz)
         ack = clocks.set_clocks(
             pb.SetClocks(
                 command_id="oracle",
                 instance=instance,
-                min_sm_clock_mhz=clock_mhz,
-                max_sm_clock_mhz=clock_mhz,
+                min_sm_clock_mhz=low,
+                max_sm_clock_mhz=high,
                 lease_s=_FORK_LEASE_S,
             )
         )

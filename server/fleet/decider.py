@@ -14,7 +14,7 @@ from typing import Any
 
 from agft.v1 import agent_pb2 as pb
 from server.control.observation import HistogramDelta, Observation
-from server.control.policy import ClockDecision
+from server.control.policy import ClockArms, ClockDecision
 from server.fleet import validation
 from server.fleet.runtime import InstanceRuntime
 
@@ -84,6 +84,16 @@ def decide_window(
     return Outcome(obs, decision, command, row, command_row)
 
 
+def lock_range(arms: ClockArms, clock: int) -> tuple[int, int]:
+    """The SetClocks range for a chosen clock: [lowest supported, chosen].
+
+    Under load the GPU runs at the chosen clock; idle, it may drop as its governor likes.
+    A single-clock lock would hold an idle GPU at that clock and burn power between bursts.
+    """
+    floor = min(arms.supported_mhz[0], clock) if arms.supported_mhz else clock
+    return floor, clock
+
+
 def _command_for(
     runtime: InstanceRuntime,
     decision: ClockDecision,
@@ -110,10 +120,7 @@ def _command_for(
         )
         row.update(kind="reset")
     else:
-        # A lock is a range [lowest supported, chosen]: under load the GPU runs at the
-        # chosen clock, and idle it may drop as its governor likes. A single-clock lock
-        # would hold an idle GPU at that clock and burn power for nothing between bursts.
-        floor = min(runtime.arms.supported_mhz[0], clock) if runtime.arms.supported_mhz else clock
+        floor, clock = lock_range(runtime.arms, clock)
         expires = now.timestamp() + lease_s
         msg = pb.ServerMessage(
             set_clocks=pb.SetClocks(
