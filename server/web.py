@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -11,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from server.api.deps import DbSession
 from server.store import queries
+from server.store.models import Decision
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
@@ -34,8 +37,57 @@ def web_router(app: FastAPI) -> APIRouter:
         if instance is None:
             raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
         decisions = list(queries.decisions_page(db, instance_id, 120, None))
+        chart = clock_chart(decisions, _default_clock(db, instance))
         return templates.TemplateResponse(
-            request, "instance.html", {"instance": instance, "decisions": decisions}
+            request,
+            "instance.html",
+            {"instance": instance, "decisions": decisions, "chart": chart},
         )
 
     return router
+
+
+def _default_clock(db: DbSession, instance: dict[str, Any]) -> int | None:
+    gpus = [
+        g
+        for n in queries.nodes_with_gpus(db)
+        if n["node_id"] == instance["node_id"]
+        for g in n["gpus"]
+        if g.index in instance["gpu_indices"]
+    ]
+    return min((g.default_sm_clock_mhz for g in gpus), default=None)
+
+
+def clock_chart(
+    decisions: Sequence[Decision], default_mhz: int | None, width: int = 900, height: int = 160
+) -> dict[str, Any] | None:
+    """SVG polylines (oldest left) of the clock in force and the window power."""
+    rows = list(reversed(decisions))
+    if len(rows) < 2 or default_mhz is None:
+        return None
+    clocks = [r.clock_in_force_mhz or default_mhz for r in rows]
+    powers = [
+        (r.energy_j / max((r.window_end - r.window_start).total_seconds(), 1e-6))
+        if r.energy_j is not None
+        else None
+        for r in rows
+    ]
+    top_power = max((p for p in powers if p is not None), default=1.0) or 1.0
+    step = width / (len(rows) - 1)
+
+    def y(value: float, top: float) -> float:
+        return round(height - 4 - (height - 8) * value / top, 1)
+
+    clock_points = " ".join(f"{i * step:.1f},{y(c, default_mhz)}" for i, c in enumerate(clocks))
+    power_points = " ".join(
+        f"{i * step:.1f},{y(p, top_power)}" for i, p in enumerate(powers) if p is not None
+    )
+    return {
+        "width": width,
+        "height": height,
+        "clock_points": clock_points,
+        "power_points": power_points,
+        "default_mhz": default_mhz,
+        "min_clock_mhz": min(clocks),
+        "top_power_w": round(top_power),
+    }

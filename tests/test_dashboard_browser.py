@@ -50,10 +50,10 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
         try:
             stream.send(hello=hello("browser-node", instances=2))
             await stream.read_kind("welcome")
-            stream.send(
-                telemetry=pb.Telemetry(windows=[window("vllm-0", 2000.0), window("vllm-1", 2000.0)])
-            )
-            await stream.read_kind("set_clocks")
+            for start in (2000.0, 2001.0):
+                windows = [window("vllm-0", start), window("vllm-1", start)]
+                stream.send(telemetry=pb.Telemetry(windows=windows))
+                await stream.read_kind("set_clocks")
             await srv.app.state.writer.flush()
 
             page = await browser.new_page()
@@ -71,5 +71,7 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
             text = await row.inner_text()
             assert "1410 MHz" in text  # chosen by the static policy
             assert "300.0" in text  # energy of the window
+            points = await page.locator("#clock-chart polyline.clock").get_attribute("points")
+            assert points is not None and len(points.split()) == 2  # one point per decision
         finally:
             await stream.close()
