@@ -68,6 +68,7 @@ class AgftTunables:
     warmup_windows: int = 10  # at default clocks first: the reference needs data
     dwell_windows: int = 2  # windows to hold after a move down before the next one
     breach_factor: float = 1.25  # observed mean this far over budget is a breach
+    miss_share_factor: float = 1.0  # SLO misses in a window above this x (100 - p) % -> up
 
 
 def _clock_basis(f_norm: float) -> tuple[float, float, float, float]:
@@ -256,6 +257,17 @@ def _context(obs: Observation) -> FloatArray | None:
         return None
     scaled: FloatArray = np.minimum(x / CONTEXT_SCALE, 10.0)
     return scaled
+
+
+def _share_above(hist: HistogramDelta | None, limit: float) -> float | None:
+    """Share of a window's observations certainly above `limit` (from the first bucket
+    bound at or above it); None when the window has none."""
+    if hist is None or hist.count <= 0:
+        return None
+    first = next((i for i, b in enumerate(hist.upper_bounds) if b >= limit), None)
+    if first is None:
+        return hist.bucket_counts[-1] / hist.count
+    return sum(hist.bucket_counts[first + 1 :]) / hist.count
 
 
 def _idle(s: ServingSample) -> bool:
@@ -457,6 +469,17 @@ class AgftPolicy(Policy):
             speedup = self._ttft.speedup_to_max(context, ell)
             self._rel_ttft.add(tail, speedup, ttft[1])
             over = over or ttft[0] > ttft_budget * self.tunables.breach_factor
+        # SLO misses are counted exactly where the objective is a bucket bound (vLLM has
+        # 0.5 s for TTFT and 0.05 s for inter-token latency): a window that already lets
+        # more requests miss than the percentile allows must not be slowed further.
+        allowed = self.tunables.miss_share_factor * (1.0 - self.slo.percentile / 100.0)
+        for hist, limit in (
+            (serving.ttft_s, self.slo.ttft_s),
+            (serving.inter_token_latency_s, self.slo.tpot_s),
+        ):
+            share = _share_above(hist, limit)
+            if share is not None and share > allowed:
+                over = True
         return over
 
     def _track_tail(self, key: str, hist: HistogramDelta | None, mean: float) -> float:

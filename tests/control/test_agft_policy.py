@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -143,3 +144,17 @@ def test_idle_holds_the_last_busy_clock_instead_of_drifting_down() -> None:
     held = [policy.decide(obs(busy, 8000.0 + i, load=0.0), ARMS) for i in range(30)]
     assert all(d.sm_clock_mhz == busy for d in held)
     assert all("idle" in d.reason for d in held)
+
+
+def test_a_window_with_too_many_slo_misses_moves_the_clock_up() -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    low = run(policy, 200)[-1]
+    assert low is not None
+    missing = obs(low, 9000.0)
+    assert missing.serving is not None
+    # A fifth of the window's first tokens came after the 1 s objective.
+    ttft = HistogramDelta((0.5, 1.0, 2.5), (8, 0, 2), 4.0, 10)
+    serving = dataclasses.replace(missing.serving, ttft_s=ttft)
+    decision = policy.decide(dataclasses.replace(missing, serving=serving), ARMS)
+    assert (decision.sm_clock_mhz or F_MAX) > low
+    assert "over budget" in decision.reason
