@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from agft.v1 import agent_pb2 as pb
 from node_agent.clocks import ClockController
+from sim.node import SimulatedNode
 from tests.helpers.simnode import sim_node
+
+
+@pytest.fixture
+def node1() -> Iterator[SimulatedNode]:
+    node = sim_node(instances=1)
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def node2() -> Iterator[SimulatedNode]:
+    node = sim_node(instances=2)
+    yield node
+    node.stop()
 
 
 class FakeMonotonic:
@@ -15,112 +34,92 @@ class FakeMonotonic:
         return self.now
 
 
-def test_clock_outside_supported_list_is_refused_and_nothing_changes() -> None:
-    node = sim_node(instances=1)
-    try:
-        clocks = ClockController(node.backend, {"vllm-0": (0,)})
-        ack = clocks.set_clocks(
-            pb.SetClocks(
-                command_id="c1",
-                instance="vllm-0",
-                min_sm_clock_mhz=1234,
-                max_sm_clock_mhz=1234,
-                lease_s=5,
-            )
+def test_clock_outside_supported_list_is_refused_and_nothing_changes(node1: SimulatedNode) -> None:
+    clocks = ClockController(node1.backend, {"vllm-0": (0,)})
+    ack = clocks.set_clocks(
+        pb.SetClocks(
+            command_id="c1",
+            instance="vllm-0",
+            min_sm_clock_mhz=1234,
+            max_sm_clock_mhz=1234,
+            lease_s=5,
         )
-        assert not ack.ok
-        assert "1234" in ack.error
-        assert node.backend.locked_sm_clocks_mhz(0) is None
-        assert clocks.leases.get("vllm-0") is None
-    finally:
-        node.stop()
+    )
+    assert not ack.ok
+    assert "1234" in ack.error
+    assert node1.backend.locked_sm_clocks_mhz(0) is None
+    assert clocks.leases.get("vllm-0") is None
 
 
-def test_unknown_instance_is_refused() -> None:
-    node = sim_node(instances=1)
-    try:
-        clocks = ClockController(node.backend, {"vllm-0": (0,)})
-        ack = clocks.reset_clocks(pb.ResetClocks(command_id="c2", instance="nope"))
-        assert not ack.ok and "nope" in ack.error
-    finally:
-        node.stop()
+def test_unknown_instance_is_refused(node1: SimulatedNode) -> None:
+    clocks = ClockController(node1.backend, {"vllm-0": (0,)})
+    ack = clocks.reset_clocks(pb.ResetClocks(command_id="c2", instance="nope"))
+    assert not ack.ok and "nope" in ack.error
 
 
-def test_lease_runs_out_on_the_agents_clock() -> None:
-    node = sim_node(instances=1)
-    try:
-        mono = FakeMonotonic()
-        clocks = ClockController(node.backend, {"vllm-0": (0,)}, monotonic=mono)
-        ack = clocks.set_clocks(
-            pb.SetClocks(
-                command_id="c3",
-                instance="vllm-0",
-                min_sm_clock_mhz=1200,
-                max_sm_clock_mhz=1200,
-                lease_s=2.0,
-            )
-        )
-        assert ack.ok
-        assert ack.applied[0].locked_max_sm_clock_mhz == 1200
-        mono.now += 1.9
-        assert clocks.expire_leases() == []
-        assert node.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
-        mono.now += 0.2
-        assert [lease.instance for lease in clocks.expire_leases()] == ["vllm-0"]
-        assert node.backend.locked_sm_clocks_mhz(0) is None
-    finally:
-        node.stop()
-
-
-def test_renewal_extends_the_lease() -> None:
-    node = sim_node(instances=1)
-    try:
-        mono = FakeMonotonic()
-        clocks = ClockController(node.backend, {"vllm-0": (0,)}, monotonic=mono)
-        cmd = pb.SetClocks(
-            command_id="c4",
+def test_lease_runs_out_on_the_agents_clock(node1: SimulatedNode) -> None:
+    mono = FakeMonotonic()
+    clocks = ClockController(node1.backend, {"vllm-0": (0,)}, monotonic=mono)
+    ack = clocks.set_clocks(
+        pb.SetClocks(
+            command_id="c3",
             instance="vllm-0",
             min_sm_clock_mhz=1200,
             max_sm_clock_mhz=1200,
             lease_s=2.0,
         )
-        clocks.set_clocks(cmd)
-        mono.now += 1.5
-        clocks.set_clocks(cmd)
-        mono.now += 1.5
-        assert clocks.expire_leases() == []
-        assert node.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
-    finally:
-        node.stop()
+    )
+    assert ack.ok
+    assert ack.applied[0].locked_max_sm_clock_mhz == 1200
+    mono.now += 1.9
+    assert clocks.expire_leases() == []
+    assert node1.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+    mono.now += 0.2
+    assert [lease.instance for lease in clocks.expire_leases()] == ["vllm-0"]
+    assert node1.backend.locked_sm_clocks_mhz(0) is None
 
 
-def test_a_refused_lock_resets_the_whole_tp_group() -> None:
-    node = sim_node(instances=2)
-    try:
-        clocks = ClockController(node.backend, {"tp": (0, 1)})
-        ok = clocks.set_clocks(
-            pb.SetClocks(
-                command_id="a",
-                instance="tp",
-                min_sm_clock_mhz=1200,
-                max_sm_clock_mhz=1200,
-                lease_s=5,
-            )
+def test_renewal_extends_the_lease(node1: SimulatedNode) -> None:
+    mono = FakeMonotonic()
+    clocks = ClockController(node1.backend, {"vllm-0": (0,)}, monotonic=mono)
+    cmd = pb.SetClocks(
+        command_id="c4",
+        instance="vllm-0",
+        min_sm_clock_mhz=1200,
+        max_sm_clock_mhz=1200,
+        lease_s=2.0,
+    )
+    clocks.set_clocks(cmd)
+    mono.now += 1.5
+    clocks.set_clocks(cmd)
+    mono.now += 1.5
+    assert clocks.expire_leases() == []
+    assert node1.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+
+
+def test_a_refused_lock_resets_the_whole_tp_group(node2: SimulatedNode) -> None:
+    clocks = ClockController(node2.backend, {"tp": (0, 1)})
+    ok = clocks.set_clocks(
+        pb.SetClocks(
+            command_id="a",
+            instance="tp",
+            min_sm_clock_mhz=1200,
+            max_sm_clock_mhz=1200,
+            lease_s=5,
         )
-        assert ok.ok and [a.gpu_index for a in ok.applied] == [0, 1]
-        bad = clocks.set_clocks(
-            pb.SetClocks(
-                command_id="b",
-                instance="tp",
-                min_sm_clock_mhz=1201,
-                max_sm_clock_mhz=1201,
-                lease_s=5,
-            )
+    )
+    assert ok.ok and [a.gpu_index for a in ok.applied] == [0, 1]
+    bad = clocks.set_clocks(
+        pb.SetClocks(
+            command_id="b",
+            instance="tp",
+            min_sm_clock_mhz=1201,
+            max_sm_clock_mhz=1201,
+            lease_s=5,
         )
-        assert not bad.ok
-        # No GPU of the group keeps a lock that no lease covers.
-        assert node.backend.locked_sm_clocks_mhz(0) is None
-        assert node.backend.locked_sm_clocks_mhz(1) is None
-        assert clocks.leases.get("tp") is None
-    finally:
-        node.stop()
+    )
+    assert not bad.ok
+    # No GPU of the group keeps a lock that no lease covers.
+    assert node2.backend.locked_sm_clocks_mhz(0) is None
+    assert node2.backend.locked_sm_clocks_mhz(1) is None
+    assert clocks.leases.get("tp") is None
