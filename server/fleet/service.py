@@ -42,6 +42,7 @@ class FleetService:
         self._factory = factory
         self._writer = writer
         self._policy_factory = policy_factory
+        self._policy_name = policy_factory().name  # saved states are keyed by it
         self.window_s = window_s
         self.lease_s = lease_s
         self.server_version = server_version
@@ -51,9 +52,11 @@ class FleetService:
     async def hello(self, hello: pb.Hello) -> AgentSession:
         validation.check_hello(hello)
         registered = await asyncio.to_thread(register_hello, self._factory, hello)
-        policy_name = self._policy_factory().name
         saved = await asyncio.to_thread(
-            load_policy_states, self._factory, list(registered.instance_ids.values()), policy_name
+            load_policy_states,
+            self._factory,
+            list(registered.instance_ids.values()),
+            self._policy_name,
         )
         gpus = {g.index: g for g in hello.gpus}
         instances: dict[str, InstanceRuntime] = {}
