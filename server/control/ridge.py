@@ -63,9 +63,12 @@ class RidgeArm:
         denom = 1.0 + float(x @ u)
         # A^-1 stays positive definite, so denom >= 1; the outer product is the
         # rank-one correction of Sherman-Morrison.
-        self._a_inv -= np.outer(u, u) / denom
+        gain = u / denom  # = A_new^-1 x
+        residual = reward - float(x @ self._theta)
+        self._a_inv -= np.multiply.outer(gain, u)
         self._b += reward * x
-        self._theta = self._a_inv @ self._b
+        # theta_new = A_new^-1 (b + r x) = theta + A_new^-1 x (r - x . theta): O(d), no matvec.
+        self._theta += residual * gain
         self._n += 1
 
     def predict(self, x: FloatArray) -> float:
