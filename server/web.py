@@ -37,7 +37,7 @@ def web_router(app: FastAPI) -> APIRouter:
         if instance is None:
             raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
         decisions = list(queries.decisions_page(db, instance_id, 120, None))
-        chart = clock_chart(decisions, _default_clock(db, instance))
+        chart = clock_chart(decisions, queries.instance_default_clock_mhz(db, instance_id))
         return templates.TemplateResponse(
             request,
             "instance.html",
@@ -45,17 +45,6 @@ def web_router(app: FastAPI) -> APIRouter:
         )
 
     return router
-
-
-def _default_clock(db: DbSession, instance: dict[str, Any]) -> int | None:
-    gpus = [
-        g
-        for n in queries.nodes_with_gpus(db)
-        if n["node_id"] == instance["node_id"]
-        for g in n["gpus"]
-        if g.index in instance["gpu_indices"]
-    ]
-    return min((g.default_sm_clock_mhz for g in gpus), default=None)
 
 
 def clock_chart(

@@ -72,3 +72,16 @@ def decisions_page(
     if before_id is not None:
         query = query.where(Decision.id < before_id)
     return db.scalars(query.order_by(Decision.id.desc()).limit(limit)).all()
+
+
+def instance_default_clock_mhz(db: Session, instance_id: int) -> int | None:
+    """The lowest default SM clock of the instance's GPUs (its group runs at the slowest)."""
+    inst = db.get(Instance, instance_id)
+    if inst is None:
+        return None
+    clocks = db.scalars(
+        select(Gpu.default_sm_clock_mhz).where(
+            Gpu.node_pk == inst.node_pk, Gpu.index.in_(inst.gpu_indices)
+        )
+    ).all()
+    return min(clocks, default=None)
