@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from agft.v1 import agent_pb2 as pb
 from bench.fork import fork_node
+from bench.harness import instance_arms
 from bench.samples import Recorder, RunningQuantiles, Samples
 from node_agent.clocks import ClockController
 from server.control.features import window_features
@@ -202,15 +203,7 @@ class OracleSearch:
 
     def _arms(self, node: SimulatedNode) -> ClockArms:
         if self._clock_arms is None:
-            backend = node.backend
-            gpus = node.instances[0].gpu_indices
-            self._clock_arms = ClockArms.intersect(
-                [
-                    backend.supported_sm_clocks_mhz(i, backend.default_memory_clock_mhz(i))
-                    for i in gpus
-                ],
-                default_mhz=min(backend.default_sm_clock_mhz(i) for i in gpus),
-            )
+            self._clock_arms = instance_arms(node, tuple(node.instances[0].gpu_indices))
         return self._clock_arms
 
     def horizon(self, node: SimulatedNode, clock_mhz: int | None) -> Horizon:

@@ -26,6 +26,17 @@ def node2() -> Iterator[SimulatedNode]:
     node.stop()
 
 
+def lock(command_id: str, instance: str, mhz: int, lease_s: float) -> pb.SetClocks:
+    """A SetClocks pinning one clock, as a test command."""
+    return pb.SetClocks(
+        command_id=command_id,
+        instance=instance,
+        min_sm_clock_mhz=mhz,
+        max_sm_clock_mhz=mhz,
+        lease_s=lease_s,
+    )
+
+
 class FakeMonotonic:
     def __init__(self) -> None:
         self.now = 100.0
@@ -36,15 +47,7 @@ class FakeMonotonic:
 
 def test_clock_outside_supported_list_is_refused_and_nothing_changes(node1: SimulatedNode) -> None:
     clocks = ClockController(node1.backend, {"vllm-0": (0,)})
-    ack = clocks.set_clocks(
-        pb.SetClocks(
-            command_id="c1",
-            instance="vllm-0",
-            min_sm_clock_mhz=1234,
-            max_sm_clock_mhz=1234,
-            lease_s=5,
-        )
-    )
+    ack = clocks.set_clocks(lock("c1", "vllm-0", 1234, lease_s=5))
     assert not ack.ok
     assert "1234" in ack.error
     assert node1.backend.locked_sm_clocks_mhz(0) is None
@@ -60,15 +63,7 @@ def test_unknown_instance_is_refused(node1: SimulatedNode) -> None:
 def test_lease_runs_out_on_the_agents_clock(node1: SimulatedNode) -> None:
     mono = FakeMonotonic()
     clocks = ClockController(node1.backend, {"vllm-0": (0,)}, monotonic=mono)
-    ack = clocks.set_clocks(
-        pb.SetClocks(
-            command_id="c3",
-            instance="vllm-0",
-            min_sm_clock_mhz=1200,
-            max_sm_clock_mhz=1200,
-            lease_s=2.0,
-        )
-    )
+    ack = clocks.set_clocks(lock("c3", "vllm-0", 1200, lease_s=2.0))
     assert ack.ok
     assert ack.applied[0].locked_max_sm_clock_mhz == 1200
     mono.now += 1.9
@@ -82,13 +77,7 @@ def test_lease_runs_out_on_the_agents_clock(node1: SimulatedNode) -> None:
 def test_renewal_extends_the_lease(node1: SimulatedNode) -> None:
     mono = FakeMonotonic()
     clocks = ClockController(node1.backend, {"vllm-0": (0,)}, monotonic=mono)
-    cmd = pb.SetClocks(
-        command_id="c4",
-        instance="vllm-0",
-        min_sm_clock_mhz=1200,
-        max_sm_clock_mhz=1200,
-        lease_s=2.0,
-    )
+    cmd = lock("c4", "vllm-0", 1200, lease_s=2.0)
     clocks.set_clocks(cmd)
     mono.now += 1.5
     clocks.set_clocks(cmd)
@@ -99,25 +88,9 @@ def test_renewal_extends_the_lease(node1: SimulatedNode) -> None:
 
 def test_a_refused_lock_resets_the_whole_tp_group(node2: SimulatedNode) -> None:
     clocks = ClockController(node2.backend, {"tp": (0, 1)})
-    ok = clocks.set_clocks(
-        pb.SetClocks(
-            command_id="a",
-            instance="tp",
-            min_sm_clock_mhz=1200,
-            max_sm_clock_mhz=1200,
-            lease_s=5,
-        )
-    )
+    ok = clocks.set_clocks(lock("a", "tp", 1200, lease_s=5))
     assert ok.ok and [a.gpu_index for a in ok.applied] == [0, 1]
-    bad = clocks.set_clocks(
-        pb.SetClocks(
-            command_id="b",
-            instance="tp",
-            min_sm_clock_mhz=1201,
-            max_sm_clock_mhz=1201,
-            lease_s=5,
-        )
-    )
+    bad = clocks.set_clocks(lock("b", "tp", 1201, lease_s=5))
     assert not bad.ok
     # No GPU of the group keeps a lock that no lease covers.
     assert node2.backend.locked_sm_clocks_mhz(0) is None

@@ -38,7 +38,7 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
     try:
         rows = _saved(database_url)
         assert [(r.policy, r.decisions >= learned) for r in rows] == [("agft", True)]
-        assert rows[0].state["version"] == 2
+        assert rows[0].state["version"] == 3
         async with running_server(database_url, grpc_port=port, **settings) as srv2:
             await eventually(lambda: srv2.app.state.fleet.sessions, 10, "agent reconnected")
             # The restored policy continues counting from where it stopped: no new warm-up.

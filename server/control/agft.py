@@ -40,7 +40,7 @@ from server.control.ridge import RidgeArm
 
 FloatArray = NDArray[np.float64]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 N_CONTEXT = 5  # prefill rate, decode rate, running, waiting, kv usage
 # Fixed scales (not running z-scores): a feature must mean the same thing in window 10
 # and window 10 000, or the regression's old evidence turns into noise.
@@ -279,15 +279,8 @@ def _idle(s: ServingSample) -> bool:
     )
 
 
-def _mean_itl(s: ServingSample) -> tuple[float, float] | None:
-    h = s.inter_token_latency_s
-    if h is None or h.count <= 0 or h.sum <= 0:
-        return None
-    return h.sum / h.count, float(h.count)
-
-
-def _mean_ttft(s: ServingSample) -> tuple[float, float] | None:
-    h = s.ttft_s
+def _mean_and_count(h: HistogramDelta | None) -> tuple[float, float] | None:
+    """A window's exact mean latency (histogram sum / count) and its observation count."""
     if h is None or h.count <= 0 or h.sum <= 0:
         return None
     return h.sum / h.count, float(h.count)
@@ -307,7 +300,7 @@ class AgftPolicy(Policy):
         self._rel_itl = _RelativeBudget(t.reference_windows)
         self._rel_ttft = _RelativeBudget(t.reference_windows)
         # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
-        self._tail_ratio = {"ttft": 2.0}
+        self._ttft_tail_ratio = 2.0
         self._windows = 0
         self._last_choice: int | None = None
         self._last_waiting = 0.0
@@ -387,7 +380,7 @@ class AgftPolicy(Policy):
             if rel_ttft is not None:
                 ttft_limit = min(ttft_limit, rel_ttft)
         m = self.tunables.budget_margin
-        return itl_limit * m, ttft_limit / self._tail_ratio["ttft"] * m
+        return itl_limit * m, ttft_limit / self._ttft_tail_ratio * m
 
     def _candidates(self, arms: ClockArms, f_max: int) -> _Candidates:
         if self._grid is not None and self._grid.arms is arms:
@@ -456,16 +449,16 @@ class AgftPolicy(Policy):
             self._power.update(context, f_norm, power_w)
         over = False
         itl_budget, ttft_budget = self._budgets(f_max)
-        itl = _mean_itl(serving)
+        itl = _mean_and_count(serving.inter_token_latency_s)
         if itl is not None and itl[1] >= self.tunables.min_tokens_for_itl:
             self._itl.update(context, ell, itl[0])
             speedup = self._itl.speedup_to_max(context, ell)
             self._rel_itl.add(itl[0], speedup, itl[1])
             over = over or itl[0] > itl_budget * self.tunables.breach_factor
-        ttft = _mean_ttft(serving)
+        ttft = _mean_and_count(serving.ttft_s)
         if ttft is not None:
             self._ttft.update(context, ell, ttft[0])
-            tail = self._track_tail("ttft", serving.ttft_s, ttft[0])
+            tail = self._track_ttft_tail(serving.ttft_s, ttft[0])
             speedup = self._ttft.speedup_to_max(context, ell)
             self._rel_ttft.add(tail, speedup, ttft[1])
             over = over or ttft[0] > ttft_budget * self.tunables.breach_factor
@@ -482,14 +475,14 @@ class AgftPolicy(Policy):
                 over = True
         return over
 
-    def _track_tail(self, key: str, hist: HistogramDelta | None, mean: float) -> float:
-        """The window's p-th percentile (from its histogram), tracking percentile/mean."""
+    def _track_ttft_tail(self, hist: HistogramDelta | None, mean: float) -> float:
+        """The window's p-th percentile TTFT (from its histogram), tracking percentile/mean."""
         q = hist.quantile(self.slo.percentile / 100.0) if hist is not None else None
         if q is None or q <= 0:
-            return mean * self._tail_ratio[key]
+            return mean * self._ttft_tail_ratio
         if hist is not None and hist.count >= 10:
             ratio = max(1.0, q / mean)
-            self._tail_ratio[key] = 0.98 * self._tail_ratio[key] + 0.02 * ratio
+            self._ttft_tail_ratio = 0.98 * self._ttft_tail_ratio + 0.02 * ratio
         return max(q, mean)
 
     # ---- persistence --------------------------------------------------------------------
@@ -502,7 +495,7 @@ class AgftPolicy(Policy):
             "last_waiting": self._last_waiting,
             "dwell": self._dwell,
             "last_busy_choice": self._last_busy_choice,
-            "tail_ratio": dict(self._tail_ratio),
+            "ttft_tail_ratio": self._ttft_tail_ratio,
             "power": self._power.ridge.to_dict(),
             "itl": self._itl.ridge.to_dict(),
             "ttft": self._ttft.ridge.to_dict(),
@@ -527,7 +520,7 @@ class AgftPolicy(Policy):
                 raise ValueError("model dimensions differ")
             rel_itl = _RelativeBudget.from_dict(state["relative_itl"], tunables.reference_windows)
             rel_ttft = _RelativeBudget.from_dict(state["relative_ttft"], tunables.reference_windows)
-            tail = {"ttft": float(state["tail_ratio"]["ttft"])}
+            tail = float(state["ttft_tail_ratio"])
             windows = int(state["windows"])
             last_choice = state["last_choice"]
             last_waiting = float(state["last_waiting"])
@@ -542,7 +535,7 @@ class AgftPolicy(Policy):
         self.tunables = tunables
         self._power.ridge, self._itl.ridge, self._ttft.ridge = power, itl, ttft
         self._rel_itl, self._rel_ttft = rel_itl, rel_ttft
-        self._tail_ratio = tail
+        self._ttft_tail_ratio = tail
         self._windows = windows
         self._last_choice = last_choice
         self._last_waiting = last_waiting

@@ -131,7 +131,7 @@ def test_state_survives_a_json_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{}, {"version": 99}, {"version": 2, "power": "x"}, {"version": 2, "windows": math.nan}],
+    [{}, {"version": 99}, {"version": 3, "power": "x"}, {"version": 3, "windows": math.nan}],
 )
 def test_malformed_state_is_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
