@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,
-        help="comma-separated: agft, agft-paper, static, default, rule, best-static, oracle "
+        help="comma-separated: agft, agft-paper, static, default, rule, best-static, oracle, "
+        "oracle-plan "
         f"(default {DEFAULT_POLICIES}; default always runs, as the reference)",
     )
     p.add_argument("--static-clock-mhz", type=_positive(int), default=None)

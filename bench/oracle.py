@@ -56,6 +56,9 @@ class Horizon:
     energy_j: float
     ttft: tuple[Samples, ...]
     itl: tuple[Samples, ...]
+    # Ages at the horizon's end of requests still waiting for their first token: a clock
+    # that delays first tokens past the horizon must not look as if it avoided them.
+    waiting_ages_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,29 +210,39 @@ class OracleSearch:
         return self._clock_arms
 
     def horizon(self, node: SimulatedNode, clock_mhz: int | None) -> Horizon:
-        """Fork the node; run one window at clock_mhz (None: default clocks), then the
-        lookahead windows at default clocks; observe each window."""
-        fork = fork_node(node)
-        inst = fork.instances[0]
-        ttft, itl = Recorder(), Recorder()
-        inst.sim_engine.metrics.ttft, inst.sim_engine.metrics.itl = ttft, itl
-        gpus = inst.sim_engine.group.gpus
-        clocks = ClockController(
-            fork.backend, {inst.name: tuple(inst.gpu_indices)}, monotonic=fork.now, wall=fork.now
-        )
-        t = fork.now()
-        e0 = math.fsum(g.energy_j_at(t) for g in gpus)
-        ttft_windows: list[Samples] = []
-        itl_windows: list[Samples] = []
-        for j in range(1 + self.lookahead):
-            if j <= 1:
-                _command(clocks, inst.name, clock_mhz if j == 0 else None, self._arms(fork))
-            marks = len(ttft.values), len(itl.values)
-            fork.advance_to(t + (j + 1) * self.window_s)
-            ttft_windows.append(ttft.since(marks[0]))
-            itl_windows.append(itl.since(marks[1]))
-        energy = math.fsum(g.energy_j_at(fork.now()) for g in gpus) - e0
-        return Horizon(clock_mhz, energy, tuple(ttft_windows), tuple(itl_windows))
+        return run_horizon(node, clock_mhz, self._arms(node), self.window_s, self.lookahead)
+
+
+def run_horizon(
+    node: SimulatedNode, clock_mhz: int | None, arms: ClockArms, window_s: float, lookahead: int
+) -> Horizon:
+    """Fork the node; run one window at clock_mhz (None: default clocks), then `lookahead`
+    windows at default clocks; observe each window. The node itself is not touched."""
+    fork = fork_node(node)
+    inst = fork.instances[0]
+    ttft, itl = Recorder(), Recorder()
+    inst.sim_engine.metrics.ttft, inst.sim_engine.metrics.itl = ttft, itl
+    gpus = inst.sim_engine.group.gpus
+    clocks = ClockController(
+        fork.backend, {inst.name: tuple(inst.gpu_indices)}, monotonic=fork.now, wall=fork.now
+    )
+    t = fork.now()
+    e0 = math.fsum(g.energy_j_at(t) for g in gpus)
+    ttft_windows: list[Samples] = []
+    itl_windows: list[Samples] = []
+    for j in range(1 + lookahead):
+        if j <= 1:
+            _command(clocks, inst.name, clock_mhz if j == 0 else None, arms)
+        marks = len(ttft.values), len(itl.values)
+        fork.advance_to(t + (j + 1) * window_s)
+        ttft_windows.append(ttft.since(marks[0]))
+        itl_windows.append(itl.since(marks[1]))
+    end = fork.now()
+    energy = math.fsum(g.energy_j_at(end) for g in gpus) - e0
+    engine = inst.sim_engine
+    waiting = [r for r in (*engine.waiting, *engine.running.values()) if r.first_token < 0]
+    ages = tuple(end - r.arrival for r in waiting)
+    return Horizon(clock_mhz, energy, tuple(ttft_windows), tuple(itl_windows), ages)
 
 
 def _command(

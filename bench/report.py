@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from bench.plan import CONSTRAINTS
 from bench.runner import REFERENCE, BenchResult
 
 # Policy fields of the Markdown table: (key, header, format).
@@ -92,8 +93,37 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
             entry["oracle_candidates_per_window"] = (
                 sum(s.candidates for s in steps) / len(steps) if steps else None
             )
+        if name == "oracle-plan" and result.plan is not None:
+            chosen = result.plan.chosen
+            entry["plan_held"] = chosen is not None
+            entry["plan_runs"] = len(result.plan.tries)
+            entry["plan_fill"] = list(chosen.fill) if chosen is not None else None
         policies[name] = entry
     out: dict[str, Any] = {"settings": _settings(result), "policies": policies}
+    if result.plan is not None:
+        th = result.plan.thresholds
+        out["oracle_plan"] = {
+            "thresholds": {
+                "ttft_s": th.ttft_s,
+                "itl_s": th.itl_s,
+                "slack": dict(zip(CONSTRAINTS, th.slack, strict=True)),
+            },
+            "tries": [
+                {
+                    "fill": dict(zip(CONSTRAINTS, t.fill, strict=True)),
+                    "lowered_share_kept": t.share,
+                    "price": t.price,
+                    "predicted_saving_j": t.predicted_saving_j,
+                    "predicted_spend": dict(zip(CONSTRAINTS, t.predicted_spend, strict=True)),
+                    "energy_saving_pct": t.summary["energy_saving_pct"],
+                    "ttft_p90_s": t.summary["ttft_p90_s"],
+                    "tpot_p90_s": t.summary["tpot_p90_s"],
+                    "slo_attainment": t.summary["slo_attainment"],
+                    "holds": t.holds,
+                }
+                for t in result.plan.tries
+            ],
+        }
     if result.best_static is not None:
         out["best_static_grid"] = [
             {
@@ -111,6 +141,8 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
     wall = {name: run.wall_s for name, run in result.runs.items()}
     if result.best_static is not None:
         wall["best-static"] = result.best_static.wall_s  # the whole grid search
+    if result.plan is not None:
+        wall["oracle-plan"] = result.plan.wall_s
     out["timing"] = {
         "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}",
         "cpus": os.cpu_count(),
@@ -199,6 +231,32 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
             f"{oracle.get('oracle_fallback_windows')}; candidates simulated per window: "
             f"{_cell(oracle.get('oracle_candidates_per_window'), 'cpu')}.",
         ]
+    plan = data.get("oracle_plan")
+    if plan is not None:
+        th = plan["thresholds"]
+        lines += [
+            "",
+            "## oracle-plan",
+            "",
+            f"Thresholds from default clocks: TTFT {_cell(th['ttft_s'], 'ms')} ms, inter-token "
+            f"latency {_cell(th['itl_s'], 'ms')} ms (p90 x (1 + {s['oracle']['slowdown']:g})). "
+            "Plans run for real, in order, until one keeps every promise:",
+            "",
+            "| run | fill (TTFT / ITL / SLO) | lowered windows kept | predicted saving | saving "
+            "| TTFT p90 (ms) | TPOT p90 (ms) | SLO met | holds |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+        ref_energy = data["policies"][REFERENCE]["energy_j"]
+        for i, t in enumerate(plan["tries"], 1):
+            fill = " / ".join(f"{v:.3g}" for v in t["fill"].values())
+            predicted = 100.0 * t["predicted_saving_j"] / ref_energy if ref_energy else None
+            lines.append(
+                f"| {i} | {fill} | {100 * t['lowered_share_kept']:.0f} % "
+                f"| {_cell(predicted, 'pct')} "
+                f"| {_cell(t['energy_saving_pct'], 'pct')} | {_cell(t['ttft_p90_s'], 'ms')} "
+                f"| {_cell(t['tpot_p90_s'], 'ms')} | {_cell(t['slo_attainment'], 'share')} "
+                f"| {'yes' if t['holds'] else 'no'} |"
+            )
     if plots:
         lines += ["", "## plots", ""]
         lines += [f"![{p}]({p})" for p in plots]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import multiprocessing
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
 
 from bench.arrivals import Arrivals, busiest_rate_rps, load_trace, scaled_arrivals
 from bench.best_static import BestStatic
@@ -19,11 +23,13 @@ from bench.grid import clock_grid
 from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
 from bench.metrics import summarise
 from bench.oracle import OraclePolicy, OracleSearch, OracleStep
+from bench.plan import PlanResult, Table, Thresholds, table_rows, thresholds
+from bench.plan import search as search_plan
 from bench.progress import ProgressLine, note
 from server.control.policy import ClockArms, Policy, SloTargets
 from server.control.registry import make_policy
 
-BENCH_ONLY = ("best-static", "oracle")
+BENCH_ONLY = ("best-static", "oracle", "oracle-plan")
 REFERENCE = "default"
 
 
@@ -63,6 +69,7 @@ class BenchResult:
     summaries: dict[str, dict[str, Any]]
     best_static: BestStatic | None = None
     oracle_steps: list[OracleStep] | None = None
+    plan: PlanResult | None = None
 
 
 def policy_for(name: str, config: BenchConfig) -> Policy:
@@ -149,6 +156,11 @@ def run_bench(
             if best.run is None:
                 note("best-static: no clock of the grid met the SLO; default clocks", err)
             runs["best-static"] = best.run if best.run is not None else runs[REFERENCE]
+        if "oracle-plan" in config.policies:
+            plan_t0 = time.perf_counter()
+            result.plan = _plan(tasks, arms, runs[REFERENCE], pool)
+            result.plan.wall_s = time.perf_counter() - plan_t0
+            runs["oracle-plan"] = result.plan.run
         if oracle is not None:
             runs["oracle"], result.oracle_steps = oracle.result()
     order = [REFERENCE, *[p for p in config.policies if p != REFERENCE]]
@@ -196,6 +208,44 @@ def _oracle_task(tasks: _Tasks, arms: ClockArms) -> tuple[PolicyRun, list[Oracle
     )
     run = run_policy(tasks.spec, policy, advisor=search, progress=tasks.progress("oracle"))
     return run, search.steps
+
+
+def _plan(tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool) -> PlanResult:
+    """oracle-plan: the table in slices across the workers, then real runs of plans."""
+    config, spec = tasks.config, tasks.spec
+    th = thresholds(spec, config.slo, config.oracle_slowdown)
+    clocks = (None, *clock_grid(arms, config.oracle_step_mhz, config.min_clock_fraction))
+    # Decision k (1-based, as run_policy counts) is row k-1; the last decision governs
+    # nothing inside the run, so it needs no row.
+    rows = spec.windows
+    bounds = [rows * i // pool.jobs for i in range(pool.jobs + 1)]
+    slices = [
+        pool.submit(_plan_rows_task, tasks, clocks, th, bounds[i], bounds[i + 1])
+        for i in range(pool.jobs)
+    ]
+    parts = [f.result() for f in slices]
+    table = Table(
+        clocks,
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+    )
+    err = sys.stderr if tasks.loud else None
+    return search_plan(spec, table, th, reference, config.slo, config.oracle_slowdown, err=err)
+
+
+def _plan_rows_task(
+    tasks: _Tasks, clocks: tuple[int | None, ...], th: Thresholds, start: int, stop: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    label = "oracle-plan table" if start == 0 else f"oracle-plan table from {start}"
+    return table_rows(
+        tasks.spec,
+        clocks,
+        th,
+        tasks.config.oracle_lookahead,
+        start,
+        stop,
+        progress=tasks.progress(label),
+    )
 
 
 T = TypeVar("T")

@@ -1,0 +1,152 @@
+"""oracle-plan: the whole-run clairvoyant schedule (bench/plan.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.grid import clock_grid
+from bench.harness import RunSpec, instance_arms, new_node, run_policy
+from bench.metrics import summarise
+from bench.oracle import Horizon
+from bench.plan import (
+    Table,
+    Thresholds,
+    broken,
+    choose,
+    exceedances,
+    keep_best,
+    plan_for,
+    predicted,
+    search,
+    table_rows,
+    thresholds,
+)
+from bench.samples import Samples
+from server.control.policy import SloTargets
+from server.control.registry import make_policy
+
+SLO = SloTargets()
+
+
+def _thresholds(slack: tuple[float, float, float] = (10.0, 100.0, 5.0)) -> Thresholds:
+    return Thresholds(
+        ttft_s=0.3,
+        itl_s=0.04,
+        slo_ttft_s=0.5,
+        slo_tpot_s=0.05,
+        tokens_per_request=100.0,
+        slack=slack,
+    )
+
+
+def test_a_request_still_waiting_at_the_horizon_end_counts_against_ttft() -> None:
+    th = _thresholds()
+    seen = Samples((0.1, 0.35), (1, 1))  # one first token over 0.3 s
+    itl = Samples((0.03, 0.045, 0.06), (10, 5, 2))  # 7 tokens over 0.04 s, 2 over 0.05 s
+    on_time = Horizon(1500, 100.0, (seen,), (itl,))
+    late = Horizon(1500, 100.0, (seen,), (itl,), waiting_ages_s=(0.2, 0.4, 0.6))
+    assert exceedances(on_time, th) == pytest.approx((1.0, 7.0, 2 / 100.0))
+    # Two still waiting past 0.3 s, one of them past the 0.5 s objective.
+    assert exceedances(late, th) == pytest.approx((3.0, 7.0, 1 + 2 / 100.0))
+
+
+def _table() -> Table:
+    # Three windows; columns: default, a mid clock, a low clock.
+    d_energy = np.array([[0.0, -10.0, -30.0], [0.0, -10.0, -20.0], [0.0, -5.0, -40.0]])
+    d_counts = np.zeros((3, 3, 3))
+    d_counts[0, 2, 0] = 4.0  # window 0 at the low clock: 4 more slow first tokens
+    d_counts[2, 2, 0] = 20.0  # window 2 at the low clock: 20 more
+    d_counts[2, 1, 0] = 1.0
+    return Table((None, 1500, 1000), d_energy, d_counts)
+
+
+def test_at_price_zero_every_window_takes_its_cheapest_clock() -> None:
+    table = _table()
+    picks = choose(table, (10.0, 1.0, 1.0), 0.0)
+    assert picks.tolist() == [2, 2, 2]
+    saved, spend = predicted(table, (10.0, 1.0, 1.0), picks)
+    assert saved == 90.0
+    assert spend[0] == pytest.approx(2.4)
+
+
+def test_the_price_buys_the_budget_where_it_saves_most() -> None:
+    table = _table()
+    slack = (10.0, 1.0, 1.0)
+    picks, _ = plan_for(table, slack, (0.5, 1.0, 1.0))  # at most 5 more slow first tokens
+    saved, spend = predicted(table, slack, picks)
+    assert spend[0] <= 0.5
+    # Window 0's low clock costs 4 for 20 J more than its mid clock; window 2's costs 20
+    # for 35 J: the budget goes to window 0, window 2 stays at its mid clock.
+    assert picks.tolist() == [2, 2, 1]
+    assert saved == 55.0
+
+
+def test_a_tighter_fill_never_predicts_more_spend() -> None:
+    table = _table()
+    slack = (10.0, 1.0, 1.0)
+    spends = []
+    for fill in (1.0, 0.5, 0.1, 0.0):
+        picks, _ = plan_for(table, slack, (fill, 1.0, 1.0))
+        spends.append(predicted(table, slack, picks)[1][0])
+    assert spends == sorted(spends, reverse=True)
+    assert spends[-1] == 0.0
+
+
+def test_broken_names_each_promise_the_run_breaks() -> None:
+    ref = {"ttft_p90_s": 0.2, "tpot_p90_s": 0.03, "slo_attainment": 0.95}
+    ok = {"ttft_p90_s": 0.219, "tpot_p90_s": 0.0329, "slo_attainment": 0.941}
+    assert broken(ok, ref, 0.10) == (False, False, False)
+    bad = {"ttft_p90_s": 0.221, "tpot_p90_s": 0.034, "slo_attainment": 0.939}
+    assert broken(bad, ref, 0.10) == (True, True, True)
+
+
+@pytest.fixture(scope="module")
+def small_spec(spec_90s: RunSpec) -> RunSpec:
+    return spec_90s
+
+
+def test_table_slices_are_exact_and_default_costs_nothing(small_spec: RunSpec) -> None:
+    node = new_node(small_spec)
+    arms = instance_arms(node, tuple(node.instances[0].gpu_indices))
+    clocks = (None, *clock_grid(arms, 450, 0.4))
+    th = thresholds(small_spec, SLO, 0.10)
+    n = 30
+    whole = table_rows(small_spec, clocks, th, 1, 0, n)
+    halves = [
+        table_rows(small_spec, clocks, th, 1, 0, 13),
+        table_rows(small_spec, clocks, th, 1, 13, n),
+    ]
+    assert np.array_equal(whole[0], np.concatenate([h[0] for h in halves]))
+    assert np.array_equal(whole[1], np.concatenate([h[1] for h in halves]))
+    assert not whole[0][:, 0].any() and not whole[1][:, 0].any()
+    assert (whole[1] >= 0).all()
+    # Lower clocks save energy in the busy windows of this cut.
+    assert whole[0][:, -1].sum() < 0
+
+
+def test_the_plan_that_holds_is_a_real_run_that_keeps_every_promise(small_spec: RunSpec) -> None:
+    node = new_node(small_spec)
+    arms = instance_arms(node, tuple(node.instances[0].gpu_indices))
+    clocks = (None, *clock_grid(arms, 270, 0.4))
+    th = thresholds(small_spec, SLO, 0.10)
+    d_energy, d_counts = table_rows(small_spec, clocks, th, 2, 0, small_spec.windows)
+    reference = run_policy(small_spec, make_policy("default"))
+    result = search(small_spec, Table(clocks, d_energy, d_counts), th, reference, SLO, 0.10)
+    assert result.chosen is not None and result.tries[-1] is result.chosen
+    assert all(not t.holds for t in result.tries[:-1])
+    summary = summarise(result.run, reference, SLO)
+    ref = summarise(reference, reference, SLO)
+    assert broken(summary, ref, 0.10) == (False, False, False)
+    assert summary == result.chosen.summary
+    assert summary["energy_saving_pct"] > 0.0
+    assert result.run.clock_chosen_mhz.count(None) < len(result.run.clock_chosen_mhz)
+
+
+def test_keep_best_returns_the_least_saving_lowered_windows_to_default() -> None:
+    table = _table()
+    picks = np.array([2, 1, 2])  # savings 30, 10, 40 J
+    assert keep_best(table, picks, 1.0).tolist() == [2, 1, 2]
+    assert keep_best(table, picks, 0.67).tolist() == [2, 0, 2]
+    assert keep_best(table, picks, 0.34).tolist() == [0, 0, 2]
+    assert keep_best(table, picks, 0.0).tolist() == [0, 0, 0]
