@@ -158,3 +158,22 @@ def test_a_window_with_too_many_slo_misses_moves_the_clock_up() -> None:
     decision = policy.decide(dataclasses.replace(missing, serving=serving), ARMS)
     assert (decision.sm_clock_mhz or F_MAX) > low
     assert "over budget" in decision.reason
+
+
+@pytest.mark.parametrize(("near_share", "moves_up"), [(0.2, True), (0.0, False)])
+def test_near_misses_past_half_the_ttft_objective_count_as_misses(
+    near_share: float, moves_up: bool
+) -> None:
+    policy = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    low = run(policy, 200)[-1]
+    assert low is not None
+    window = obs(low, 9000.0)
+    assert window.serving is not None
+    # No first token missed the 1 s objective; a share of them took more than half of it.
+    near = round(10 * near_share)
+    ttft = HistogramDelta((0.5, 1.0, 2.5), (10 - near, near, 0), 0.1 * (10 - near) + 0.7 * near, 10)
+    serving = dataclasses.replace(window.serving, ttft_s=ttft)
+    decision = policy.decide(dataclasses.replace(window, serving=serving), ARMS)
+    assert ("over budget" in decision.reason) is moves_up
+    if moves_up:
+        assert (decision.sm_clock_mhz or F_MAX) > low
