@@ -57,6 +57,10 @@ CONSTRAINTS = ("ttft_p90", "itl_p90", "slo_misses")
 _FIRST_FILL = 0.8
 _SHRINK = 0.5
 _TRIES = 8
+# After this many broken plans the table's predictions are not to be trusted (in overload
+# a slowed window's queue outlives any lookahead): from then on every try also keeps only
+# the better half of the lowered windows, which converges on default clocks.
+_FILL_ONLY_TRIES = 3
 _BISECTION_STEPS = 40
 
 
@@ -302,7 +306,8 @@ def search(
 
     Each broken constraint halves its share of the slack. When that leaves the plan as it
     was (the table saw no spend on that constraint: the excess came from windows
-    interacting), the plan keeps only the better half of its lowered windows instead."""
+    interacting), or after _FILL_ONLY_TRIES broken plans, the plan also keeps only the
+    better-saving half of its lowered windows."""
     ref_summary = summarise(reference, reference, slo)
     result = PlanResult(reference, th)
     fill = [_FIRST_FILL] * len(CONSTRAINTS)
@@ -310,7 +315,9 @@ def search(
     previous: NDArray[np.int64] | None = None
     for _ in range(tries):
         picks, price = plan_for(table, th.slack, tuple(fill))
-        if previous is not None and np.array_equal(picks, previous):
+        if len(result.tries) >= _FILL_ONLY_TRIES or (
+            previous is not None and np.array_equal(picks, previous)
+        ):
             share *= _SHRINK
         previous = picks
         picks = keep_best(table, picks, share)
