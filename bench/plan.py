@@ -49,6 +49,7 @@ from bench.oracle import Horizon, OraclePolicy, run_horizon
 from bench.progress import note
 from bench.samples import Recorder, weighted_quantile
 from server.control.policy import ClockArms, SloTargets
+from sim.engine import RequestRecord
 
 # The plan's constraints, in the table's last axis.
 CONSTRAINTS = ("ttft_p90", "itl_p90", "slo_misses")
@@ -57,10 +58,6 @@ CONSTRAINTS = ("ttft_p90", "itl_p90", "slo_misses")
 _FIRST_FILL = 0.8
 _SHRINK = 0.5
 _TRIES = 8
-# After this many broken plans the table's predictions are not to be trusted (in overload
-# a slowed window's queue outlives any lookahead): from then on every try also keeps only
-# the better half of the lowered windows, which converges on default clocks.
-_FILL_ONLY_TRIES = 3
 _BISECTION_STEPS = 40
 
 
@@ -89,6 +86,7 @@ class Table:
 class PlanTry:
     fill: tuple[float, ...]  # per CONSTRAINTS
     share: float  # of the lowered windows kept (keep_best)
+    banned: int  # windows held at default clocks, blamed by earlier real runs
     price: float
     predicted_saving_j: float
     predicted_spend: tuple[float, ...]  # share of each slack
@@ -291,6 +289,61 @@ def keep_best(table: Table, picks: NDArray[np.int64], share: float) -> NDArray[n
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """The judged thresholds per request, from the default-clock run's own figures."""
+
+    ttft_s: float  # (1 + s) x default's p90 TTFT
+    tpot_s: float  # (1 + s) x default's p90 TPOT
+    slo: SloTargets
+
+
+def blamed_rows(
+    run: PolicyRun,
+    reference: PolicyRun,
+    picks: NDArray[np.int64],
+    failed: tuple[bool, ...],
+    promise: Promise,
+    lookahead: int,
+) -> NDArray[np.bool_]:
+    """Lowered windows that a broken promise can be blamed on, from the real run.
+
+    A request is to blame when it crosses a threshold in this run but not at default
+    clocks (for a broken p90: TTFT or TPOT over (1 + s) x default's p90; for attainment:
+    an SLO miss). Every lowered window it lived through, from `lookahead` windows before
+    it arrived (a queue left behind) to its first token (TTFT) or its last (TPOT, misses),
+    is blamed. Decision row r governs the window from (r + 1) w to (r + 2) w."""
+    w = run.window_s
+    ref = {r.request_id: r for r in reference.requests}
+    slo = promise.slo
+
+    def met(r: RequestRecord) -> bool:
+        return r.ttft_s <= slo.ttft_s and (r.output_tokens <= 1 or r.tpot_s <= slo.tpot_s)
+
+    blamed = np.zeros(len(picks), dtype=bool)
+
+    def blame(start_s: float, end_s: float) -> None:
+        lo = max(0, math.floor(start_s / w) - 1 - lookahead)
+        hi = min(len(picks) - 1, math.floor(end_s / w) - 1)
+        if hi >= lo:
+            blamed[lo : hi + 1] = True
+
+    ttft_broken, tpot_broken, slo_broken = failed
+    for r in run.requests:
+        base = ref.get(r.request_id)
+        if base is None:
+            continue
+        if ttft_broken and r.ttft_s > promise.ttft_s >= base.ttft_s:
+            blame(r.arrival_s, r.first_token_s)
+        multi = r.output_tokens > 1
+        if tpot_broken and multi and r.tpot_s > promise.tpot_s >= base.tpot_s:
+            blame(r.first_token_s, r.finish_s)
+        if slo_broken and met(base) and not met(r):
+            blame(r.arrival_s, r.finish_s)
+    out: NDArray[np.bool_] = blamed & (picks != 0)
+    return out
+
+
 def search(
     spec: RunSpec,
     table: Table,
@@ -298,26 +351,33 @@ def search(
     reference: PolicyRun,
     slo: SloTargets,
     slowdown: float,
+    lookahead: int = 2,
     tries: int = _TRIES,
     label: str = "oracle-plan",
     err: TextIO | None = None,
 ) -> PlanResult:
     """Plans run for real until one holds.
 
-    Each broken constraint halves its share of the slack. When that leaves the plan as it
-    was (the table saw no spend on that constraint: the excess came from windows
-    interacting), or after _FILL_ONLY_TRIES broken plans, the plan also keeps only the
-    better-saving half of its lowered windows."""
+    After a broken plan, each broken constraint halves its share of the slack, and every
+    lowered window the real run blames for it (blamed_rows) is held at default clocks in
+    every later plan: the table cannot see a queue that outlives its lookahead, the real
+    run can. If neither changes the plan, only the better-saving half of its lowered
+    windows keeps its clock."""
     ref_summary = summarise(reference, reference, slo)
+    promise = Promise(
+        (1.0 + slowdown) * float(ref_summary["ttft_p90_s"] or 0.0),
+        (1.0 + slowdown) * float(ref_summary["tpot_p90_s"] or 0.0),
+        slo,
+    )
     result = PlanResult(reference, th)
     fill = [_FIRST_FILL] * len(CONSTRAINTS)
     share = 1.0
+    banned = np.zeros(len(table.d_energy_j), dtype=bool)
     previous: NDArray[np.int64] | None = None
     for _ in range(tries):
         picks, price = plan_for(table, th.slack, tuple(fill))
-        if len(result.tries) >= _FILL_ONLY_TRIES or (
-            previous is not None and np.array_equal(picks, previous)
-        ):
+        picks = np.where(banned, 0, picks)
+        if previous is not None and np.array_equal(picks, previous):
             share *= _SHRINK
         previous = picks
         picks = keep_best(table, picks, share)
@@ -325,7 +385,9 @@ def search(
         run = execute(spec, table, picks, label)
         summary = summarise(run, reference, slo)
         failed = broken(summary, ref_summary, slowdown)
-        attempt = PlanTry(tuple(fill), share, price, saved, spend, summary, not any(failed))
+        attempt = PlanTry(
+            tuple(fill), share, int(banned.sum()), price, saved, spend, summary, not any(failed)
+        )
         result.tries.append(attempt)
         if err is not None:
             broke = [name for name, bad in zip(CONSTRAINTS, failed, strict=True) if bad]
@@ -338,5 +400,6 @@ def search(
             result.run, result.chosen = run, attempt
             return result
         fill = [f * _SHRINK if bad else f for f, bad in zip(fill, failed, strict=True)]
+        banned |= blamed_rows(run, reference, picks, failed, promise, lookahead)
     # Nothing held: default clocks, the run every policy is measured against.
     return result

@@ -112,6 +112,7 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
                 {
                     "fill": dict(zip(CONSTRAINTS, t.fill, strict=True)),
                     "lowered_share_kept": t.share,
+                    "windows_banned": t.banned,
                     "price": t.price,
                     "predicted_saving_j": t.predicted_saving_j,
                     "predicted_spend": dict(zip(CONSTRAINTS, t.predicted_spend, strict=True)),
@@ -242,16 +243,16 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
             f"latency {_cell(th['itl_s'], 'ms')} ms (p90 x (1 + {s['oracle']['slowdown']:g})). "
             "Plans run for real, in order, until one keeps every promise:",
             "",
-            "| run | fill (TTFT / ITL / SLO) | lowered windows kept | predicted saving | saving "
-            "| TTFT p90 (ms) | TPOT p90 (ms) | SLO met | holds |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+            "| run | fill (TTFT / ITL / SLO) | windows banned | lowered windows kept "
+            "| predicted saving | saving | TTFT p90 (ms) | TPOT p90 (ms) | SLO met | holds |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
         ]
         ref_energy = data["policies"][REFERENCE]["energy_j"]
         for i, t in enumerate(plan["tries"], 1):
             fill = " / ".join(f"{v:.3g}" for v in t["fill"].values())
             predicted = 100.0 * t["predicted_saving_j"] / ref_energy if ref_energy else None
             lines.append(
-                f"| {i} | {fill} | {100 * t['lowered_share_kept']:.0f} % "
+                f"| {i} | {fill} | {t['windows_banned']} | {100 * t['lowered_share_kept']:.0f} % "
                 f"| {_cell(predicted, 'pct')} "
                 f"| {_cell(t['energy_saving_pct'], 'pct')} | {_cell(t['ttft_p90_s'], 'ms')} "
                 f"| {_cell(t['tpot_p90_s'], 'ms')} | {_cell(t['slo_attainment'], 'share')} "

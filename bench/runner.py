@@ -230,7 +230,16 @@ def _plan(tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool) -> 
         np.concatenate([p[1] for p in parts]),
     )
     err = sys.stderr if tasks.loud else None
-    return search_plan(spec, table, th, reference, config.slo, config.oracle_slowdown, err=err)
+    return search_plan(
+        spec,
+        table,
+        th,
+        reference,
+        config.slo,
+        config.oracle_slowdown,
+        lookahead=config.oracle_lookahead,
+        err=err,
+    )
 
 
 def _plan_rows_task(

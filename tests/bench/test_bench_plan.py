@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from bench.grid import clock_grid
-from bench.harness import RunSpec, instance_arms, new_node, run_policy
+from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
 from bench.metrics import summarise
 from bench.oracle import Horizon
 from bench.plan import (
+    Promise,
     Table,
     Thresholds,
+    blamed_rows,
     broken,
     choose,
     exceedances,
@@ -25,6 +27,7 @@ from bench.plan import (
 from bench.samples import Samples
 from server.control.policy import SloTargets
 from server.control.registry import make_policy
+from sim.engine import RequestRecord
 
 SLO = SloTargets()
 
@@ -150,3 +153,29 @@ def test_keep_best_returns_the_least_saving_lowered_windows_to_default() -> None
     assert keep_best(table, picks, 0.67).tolist() == [2, 0, 2]
     assert keep_best(table, picks, 0.34).tolist() == [0, 0, 2]
     assert keep_best(table, picks, 0.0).tolist() == [0, 0, 0]
+
+
+def _record(rid: int, arrival: float, first: float, finish: float, out: int = 11) -> RequestRecord:
+    return RequestRecord(rid, arrival, arrival, first, finish, 100, out, 0, 0, "stop")
+
+
+def _run(records: list[RequestRecord]) -> PolicyRun:
+    run = PolicyRun(policy="x", window_s=1.0, f_max_mhz=1980)
+    run.requests = records
+    return run
+
+
+def test_blame_falls_on_the_lowered_windows_a_newly_slow_request_lived_through() -> None:
+    promise = Promise(ttft_s=0.3, tpot_s=0.04, slo=SloTargets(ttft_s=0.5, tpot_s=0.05))
+    reference = _run([_record(0, 10.2, 10.4, 11.0), _record(1, 20.1, 20.6, 21.0)])
+    # Request 0 crosses 0.3 s only in this run (arrived 10.2 s, first token 10.9 s);
+    # request 1 was over it at default clocks too, so it blames nothing.
+    run = _run([_record(0, 10.2, 10.9, 11.5), _record(1, 20.1, 20.9, 21.5)])
+    picks = np.zeros(30, dtype=np.int64)
+    picks[[5, 7, 9, 18, 19]] = 2
+    blamed = blamed_rows(run, reference, picks, (True, False, False), promise, lookahead=2)
+    # Rows 7..9 govern 8 s to 11 s (lookahead 2 before arrival at 10.2 s, up to 10.9 s);
+    # only the lowered ones among them are blamed.
+    assert np.nonzero(blamed)[0].tolist() == [7, 9]
+    # A constraint that did not break blames nothing.
+    assert not blamed_rows(run, reference, picks, (False, False, False), promise, 2).any()
