@@ -358,11 +358,13 @@ def search(
 ) -> PlanResult:
     """Plans run for real until one holds.
 
-    After a broken plan, each broken constraint halves its share of the slack, and every
-    lowered window the real run blames for it (blamed_rows) is held at default clocks in
-    every later plan: the table cannot see a queue that outlives its lookahead, the real
-    run can. If neither changes the plan, only the better-saving half of its lowered
-    windows keeps its clock."""
+    After a broken plan, each broken constraint halves its share of the slack. Every
+    lowered window a real run blames for a broken promise (blamed_rows) is noted, and
+    every other broken plan the noted windows are held at default clocks from then on:
+    the table cannot see a queue that outlives its lookahead, the real run can; trying a
+    smaller fill alone first keeps windows that a smaller fill already makes safe. If
+    nothing changes the plan, only the better-saving half of its lowered windows keeps
+    its clock."""
     ref_summary = summarise(reference, reference, slo)
     promise = Promise(
         (1.0 + slowdown) * float(ref_summary["ttft_p90_s"] or 0.0),
@@ -373,12 +375,17 @@ def search(
     fill = [_FIRST_FILL] * len(CONSTRAINTS)
     share = 1.0
     banned = np.zeros(len(table.d_energy_j), dtype=bool)
+    blamed = np.zeros(len(table.d_energy_j), dtype=bool)
     previous: NDArray[np.int64] | None = None
     for _ in range(tries):
         picks, price = plan_for(table, th.slack, tuple(fill))
         picks = np.where(banned, 0, picks)
         if previous is not None and np.array_equal(picks, previous):
-            share *= _SHRINK
+            # The smaller fill changed nothing: the blamed windows go now, not a try later.
+            banned |= blamed
+            picks = np.where(banned, 0, picks)
+            if np.array_equal(picks, previous):
+                share *= _SHRINK
         previous = picks
         picks = keep_best(table, picks, share)
         saved, spend = predicted(table, th.slack, picks)
@@ -400,6 +407,8 @@ def search(
             result.run, result.chosen = run, attempt
             return result
         fill = [f * _SHRINK if bad else f for f, bad in zip(fill, failed, strict=True)]
-        banned |= blamed_rows(run, reference, picks, failed, promise, lookahead)
+        blamed |= blamed_rows(run, reference, picks, failed, promise, lookahead)
+        if len(result.tries) % 2 == 0:
+            banned |= blamed
     # Nothing held: default clocks, the run every policy is measured against.
     return result
