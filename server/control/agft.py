@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -523,8 +523,12 @@ class AgftPolicy(Policy):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"agft state: unsupported version {state.get('version')!r}")
         try:
-            known = {f.name for f in fields(AgftTunables)}
-            tunables = AgftTunables(**{k: v for k, v in state["tunables"].items() if k in known})
+            # The tunables in force are this policy's own (code defaults and settings), not
+            # the saved ones: otherwise an upgrade that retunes the controller would never
+            # reach an instance whose state predates it. The saved ones are a record.
+            if not isinstance(state["tunables"], dict):
+                raise ValueError("tunables must be an object")
+            tunables = self.tunables
             power = RidgeArm.from_dict(state["power"])
             itl = RidgeArm.from_dict(state["itl"])
             ttft = RidgeArm.from_dict(state["ttft"])
@@ -548,7 +552,6 @@ class AgftPolicy(Policy):
             raise ValueError(f"agft state: {err}") from err
         if last_choice is not None and not isinstance(last_choice, int):
             raise ValueError("agft state: last_choice must be an int or null")
-        self.tunables = tunables
         self._power.ridge, self._itl.ridge, self._ttft.ridge = power, itl, ttft
         self._rel_itl, self._rel_ttft = rel_itl, rel_ttft
         self._ttft_tail_ratio = tail

@@ -129,6 +129,16 @@ def test_state_survives_a_json_round_trip() -> None:
     assert "warm-up" not in b.reason
 
 
+def test_a_restored_state_keeps_the_running_policys_tunables() -> None:
+    # An upgrade that retunes the controller must reach instances whose state is older.
+    old = AgftPolicy(SloTargets(), max_slowdown=0.07, down_step_mhz=60)
+    run(old, 50)
+    upgraded = AgftPolicy(SloTargets())
+    upgraded.load_state(json.loads(json.dumps(old.state())))
+    assert upgraded.tunables == AgftPolicy(SloTargets()).tunables
+    assert upgraded.state()["windows"] == 50  # what it learned did come back
+
+
 @pytest.mark.parametrize(
     "bad",
     [{}, {"version": 99}, {"version": 3, "power": "x"}, {"version": 3, "windows": math.nan}],
