@@ -312,26 +312,31 @@ def blamed_rows(
     clocks (for a broken p90: TTFT or TPOT over (1 + s) x default's p90; for attainment:
     an SLO miss). Every lowered window it lived through, from `lookahead` windows before
     it arrived (a queue left behind) to its first token (TTFT) or its last (TPOT, misses),
-    is blamed. Decision row r governs the window from (r + 1) w to (r + 2) w."""
+    is blamed; a request that finished at default clocks but not in this run, to the end.
+    Decision row r governs the window from (r + 1) w to (r + 2) w."""
     w = run.window_s
-    ref = {r.request_id: r for r in reference.requests}
+    done = {r.request_id: r for r in run.requests}
     slo = promise.slo
+    end_s = (len(picks) + 1) * w  # the run's last window ends here
 
     def met(r: RequestRecord) -> bool:
         return r.ttft_s <= slo.ttft_s and (r.output_tokens <= 1 or r.tpot_s <= slo.tpot_s)
 
     blamed = np.zeros(len(picks), dtype=bool)
 
-    def blame(start_s: float, end_s: float) -> None:
+    def blame(start_s: float, stop_s: float) -> None:
         lo = max(0, math.floor(start_s / w) - 1 - lookahead)
-        hi = min(len(picks) - 1, math.floor(end_s / w) - 1)
+        hi = min(len(picks) - 1, math.floor(stop_s / w) - 1)
         if hi >= lo:
             blamed[lo : hi + 1] = True
 
     ttft_broken, tpot_broken, slo_broken = failed
-    for r in run.requests:
-        base = ref.get(r.request_id)
-        if base is None:
+    for base in reference.requests:
+        r = done.get(base.request_id)
+        if r is None:
+            # Finished at default clocks, not in this run: a miss attainment counts.
+            if slo_broken:
+                blame(base.arrival_s, end_s)
             continue
         if ttft_broken and r.ttft_s > promise.ttft_s >= base.ttft_s:
             blame(r.arrival_s, r.first_token_s)

@@ -217,7 +217,7 @@ def _plan(tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool) -> 
     clocks = (None, *clock_grid(arms, config.oracle_step_mhz, config.min_clock_fraction))
     # Decision k (1-based, as run_policy counts) is row k-1; the last decision governs
     # nothing inside the run, so it needs no row.
-    rows = spec.windows
+    rows = spec.windows - 1
     bounds = [rows * i // pool.jobs for i in range(pool.jobs + 1)]
     slices = [
         pool.submit(_plan_rows_task, tasks, clocks, th, bounds[i], bounds[i + 1])

@@ -349,6 +349,9 @@ class AgftPolicy(Policy):
             # runs would make the next burst pay for it (the reference design's fault);
             # a lock costs nothing while the GPU idles, and waking is one window away.
             held = self._last_busy_choice
+            if held is not None and held < self.tunables.floor_fraction * f_max:
+                # Chosen under other tunables (a state restored after a retune): not held.
+                held = None
             return self._choose(held, "agft: idle, holding the last busy clock", features, f_max)
         if over is not None:
             target = min(f_max, in_force + self.tunables.violation_step_mhz)

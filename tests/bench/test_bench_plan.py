@@ -177,5 +177,10 @@ def test_blame_falls_on_the_lowered_windows_a_newly_slow_request_lived_through()
     # Rows 7..9 govern 8 s to 11 s (lookahead 2 before arrival at 10.2 s, up to 10.9 s);
     # only the lowered ones among them are blamed.
     assert np.nonzero(blamed)[0].tolist() == [7, 9]
+    # A request that finished at default clocks but not in this run blames every lowered
+    # window from two before its arrival to the end, when attainment broke.
+    late = _run([*reference.requests, _record(2, 17.5, 17.6, 18.0)])
+    unfinished = blamed_rows(run, late, picks, (False, False, True), promise, lookahead=2)
+    assert np.nonzero(unfinished)[0].tolist() == [18, 19]
     # A constraint that did not break blames nothing.
     assert not blamed_rows(run, reference, picks, (False, False, False), promise, 2).any()

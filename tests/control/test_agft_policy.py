@@ -139,6 +139,18 @@ def test_a_restored_state_keeps_the_running_policys_tunables() -> None:
     assert upgraded.state()["windows"] == 50  # what it learned did come back
 
 
+def test_an_idle_hold_below_a_raised_floor_is_not_held() -> None:
+    old = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None)
+    run(old, 200)
+    state = json.loads(json.dumps(old.state()))
+    state["last_busy_choice"] = 705  # above the old floor (35 % of 1980 MHz)
+    raised = AgftPolicy(SloTargets(ttft_s=1.0, tpot_s=0.1), max_slowdown=None, floor_fraction=0.5)
+    raised.load_state(state)
+    decision = raised.decide(obs(705, 9000.0, load=0.0), ARMS)
+    assert "idle" in decision.reason
+    assert decision.sm_clock_mhz is None
+
+
 @pytest.mark.parametrize(
     "bad",
     [{}, {"version": 99}, {"version": 3, "power": "x"}, {"version": 3, "windows": math.nan}],
