@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from bench.harness import PolicyRun
 from server.control.policy import SloTargets
+from sim.engine import RequestRecord
 
 # Fields that measure this machine, not the policy: excluded from determinism checks.
 NONDETERMINISTIC_FIELDS = ("decide_cpu_ms", "wall_s")
@@ -70,16 +71,17 @@ def decisions_to_90pct(run: PolicyRun, reference: PolicyRun) -> int | None:
     return int(below[-1]) + 2 if len(below) else 1
 
 
+def meets_objectives(r: RequestRecord, slo: SloTargets) -> bool:
+    """Both objectives met: TTFT, and TPOT for requests with more than one output token."""
+    return r.ttft_s <= slo.ttft_s and (r.output_tokens <= 1 or r.tpot_s <= slo.tpot_s)
+
+
 def summarise(run: PolicyRun, reference: PolicyRun, slo: SloTargets) -> dict[str, Any]:
     reqs = run.requests
     ttft = np.asarray([r.ttft_s for r in reqs], dtype=np.float64)
     multi = [r for r in reqs if r.output_tokens > 1]
     tpot = np.asarray([r.tpot_s for r in multi], dtype=np.float64)
-    met = sum(
-        1
-        for r in reqs
-        if r.ttft_s <= slo.ttft_s and (r.output_tokens <= 1 or r.tpot_s <= slo.tpot_s)
-    )
+    met = sum(1 for r in reqs if meets_objectives(r, slo))
     energy = float(np.sum(run.energy_j))
     ref_energy = float(np.sum(reference.energy_j))
     delay = float(np.mean([r.e2e_s for r in reqs])) if reqs else None

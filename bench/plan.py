@@ -44,12 +44,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
-from bench.metrics import summarise
+from bench.metrics import meets_objectives, summarise
 from bench.oracle import Horizon, OraclePolicy, run_horizon
 from bench.progress import note
 from bench.samples import Recorder, weighted_quantile
 from server.control.policy import ClockArms, SloTargets
-from sim.engine import RequestRecord
 
 # The plan's constraints, in the table's last axis.
 CONSTRAINTS = ("ttft_p90", "itl_p90", "slo_misses")
@@ -318,10 +317,6 @@ def blamed_rows(
     done = {r.request_id: r for r in run.requests}
     slo = promise.slo
     end_s = (len(picks) + 1) * w  # the run's last window ends here
-
-    def met(r: RequestRecord) -> bool:
-        return r.ttft_s <= slo.ttft_s and (r.output_tokens <= 1 or r.tpot_s <= slo.tpot_s)
-
     blamed = np.zeros(len(picks), dtype=bool)
 
     def blame(start_s: float, stop_s: float) -> None:
@@ -343,7 +338,7 @@ def blamed_rows(
         multi = r.output_tokens > 1
         if tpot_broken and multi and r.tpot_s > promise.tpot_s >= base.tpot_s:
             blame(r.first_token_s, r.finish_s)
-        if slo_broken and met(base) and not met(r):
+        if slo_broken and meets_objectives(base, slo) and not meets_objectives(r, slo):
             blame(r.arrival_s, r.finish_s)
     out: NDArray[np.bool_] = blamed & (picks != 0)
     return out

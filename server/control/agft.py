@@ -531,7 +531,6 @@ class AgftPolicy(Policy):
             # reach an instance whose state predates it. The saved ones are a record.
             if not isinstance(state["tunables"], dict):
                 raise ValueError("tunables must be an object")
-            tunables = self.tunables
             power = RidgeArm.from_dict(state["power"])
             itl = RidgeArm.from_dict(state["itl"])
             ttft = RidgeArm.from_dict(state["ttft"])
@@ -541,8 +540,9 @@ class AgftPolicy(Policy):
                 self._ttft.ridge.dim,
             ):
                 raise ValueError("model dimensions differ")
-            rel_itl = _RelativeBudget.from_dict(state["relative_itl"], tunables.reference_windows)
-            rel_ttft = _RelativeBudget.from_dict(state["relative_ttft"], tunables.reference_windows)
+            size = self.tunables.reference_windows
+            rel_itl = _RelativeBudget.from_dict(state["relative_itl"], size)
+            rel_ttft = _RelativeBudget.from_dict(state["relative_ttft"], size)
             tail = float(state["ttft_tail_ratio"])
             windows = int(state["windows"])
             last_choice = state["last_choice"]
