@@ -81,6 +81,21 @@ _TS = re.compile(
 )
 
 
+def _header(
+    reader: Iterator[list[str]], path: Path, names: tuple[str, ...], expected: str
+) -> tuple[list[str], list[int]]:
+    """Read a CSV header: its stripped column names and the index of each wanted name.
+    An empty file or a missing name is a TraceFormatError naming the file (and line 1)."""
+    header = next(reader, None)
+    if header is None:
+        raise TraceFormatError(f"{path}: empty file")
+    cols = [h.strip() for h in header]
+    try:
+        return cols, [cols.index(name) for name in names]
+    except ValueError:
+        raise TraceFormatError(f"{path}:1: {expected}, got {header}") from None
+
+
 def parse_timestamp(text: str) -> float:
     """Seconds since the Unix epoch of an Azure trace timestamp.
 
@@ -212,18 +227,12 @@ class LengthDistribution(LengthSampler):
         outputs: list[int] = []
         with _open_text(path) as fh:
             reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise TraceFormatError(f"{path}: empty file")
-            cols = [h.strip() for h in header]
-            try:
-                ip = cols.index("num_prefill_tokens")
-                io_ = cols.index("num_decode_tokens")
-            except ValueError:
-                raise TraceFormatError(
-                    f"{path}:1: header must name num_prefill_tokens and num_decode_tokens, "
-                    f"got {header}"
-                ) from None
+            _, (ip, io_) = _header(
+                reader,
+                path,
+                ("num_prefill_tokens", "num_decode_tokens"),
+                "header must name num_prefill_tokens and num_decode_tokens",
+            )
             for lineno, row in enumerate(reader, start=2):
                 if not row:
                     continue
@@ -271,16 +280,12 @@ def read_trace_csv(path: str | Path) -> TraceRows:
     outputs: list[int] = []
     with _open_text(path) as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise TraceFormatError(f"{path}: empty file")
-        cols = [h.strip() for h in header]
-        try:
-            it, ip, io_ = (cols.index(c) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
-        except ValueError:
-            raise TraceFormatError(
-                f"{path}:1: header must be TIMESTAMP,ContextTokens,GeneratedTokens, got {header}"
-            ) from None
+        cols, (it, ip, io_) = _header(
+            reader,
+            path,
+            ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+            "header must be TIMESTAMP,ContextTokens,GeneratedTokens",
+        )
         for lineno, row in enumerate(reader, start=2):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
