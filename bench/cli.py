@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         "--policies",
         default=DEFAULT_POLICIES,
         help="comma-separated: agft, agft-paper, static, default, rule, best-static, oracle, "
-        "oracle-plan "
+        "oracle-plan; agft:NAME=VALUE:... is agft with tunables overridden, e.g. "
+        "agft:miss_share_factor=0.5 "
         f"(default {DEFAULT_POLICIES}; default always runs, as the reference)",
     )
     p.add_argument("--static-clock-mhz", type=_positive(int), default=None)
@@ -133,7 +134,8 @@ def _policies(text: str, static_clock_mhz: int | None) -> tuple[str, ...]:
     if not names:
         raise BenchUsageError("--policies names no policy")
     known = (*POLICY_NAMES, *BENCH_ONLY)
-    unknown = [n for n in names if n not in known]
+    # `agft:name=value:...` is agft with tunables overridden (checked when built).
+    unknown = [n for n in names if n not in known and not n.startswith("agft:")]
     if unknown:
         raise BenchUsageError(f"unknown policies {unknown}; known: {', '.join(known)}")
     if "static" in names and static_clock_mhz is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,43 @@ class AgftTunables:
     # at 50 % peak lost 2.3 points of attainment without this rule and none with it).
     ttft_miss_fraction: float = 0.5
     itl_miss_factor: float = 1.0  # an inter-token gap counts as a miss above this x TPOT
+
+
+_FRACTIONS = ("floor_fraction", "ttft_miss_fraction")
+
+
+def tunables_from_text(text: str) -> dict[str, Any]:
+    """Overrides of AgftTunables from "name=value:name=value" (`agft:...` policy names).
+
+    Lets an operator move the controller along its saving/attainment frontier (for example
+    `miss_share_factor=0.5`, docs/BENCHMARK.md) without a code change. Raises ValueError
+    naming the offending part."""
+    known = {f.name: f for f in fields(AgftTunables)}
+    out: dict[str, Any] = {}
+    for part in text.split(":"):
+        name, sep, raw = part.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name or not raw:
+            raise ValueError(f"tunable {part!r} is not name=value")
+        if name not in known:
+            raise ValueError(f"unknown tunable {name!r}; known: {', '.join(sorted(known))}")
+        if name in out:
+            raise ValueError(f"tunable {name!r} given twice")
+        default = known[name].default
+        if raw.lower() == "none" and name == "max_slowdown":
+            out[name] = None
+            continue
+        try:
+            value: float = int(raw) if isinstance(default, int) else float(raw)
+        except ValueError:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"tunable {name}={raw!r} is not {kind}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"tunable {name}={raw} must be finite and not negative")
+        if name in _FRACTIONS and not 0 < value <= 1:
+            raise ValueError(f"tunable {name}={raw} must be in (0, 1]")
+        out[name] = value
+    return out
 
 
 def _clock_basis(f_norm: float) -> tuple[float, float, float, float]:

@@ -22,7 +22,8 @@ def make_policy(
     static_clock_mhz: int | None = None,
     seed: int = 0,
 ) -> Policy:
-    """One fresh policy for one instance."""
+    """One fresh policy for one instance. `agft:name=value:...` overrides agft's tunables
+    (server/control/agft.py AgftTunables); a bad override raises ValueError."""
     slo = slo or SloTargets()
     if name == "static":
         return StaticPolicy(static_clock_mhz)
@@ -34,10 +35,11 @@ def make_policy(
         from server.control.paper import PaperPolicy
 
         return PaperPolicy(slo, seed=seed)
-    if name == "agft":
-        from server.control.agft import AgftPolicy
+    base, sep, overrides = name.partition(":")
+    if base == "agft":
+        from server.control.agft import AgftPolicy, tunables_from_text
 
-        return AgftPolicy(slo, seed=seed)
+        return AgftPolicy(slo, seed=seed, **(tunables_from_text(overrides) if sep else {}))
     raise UnknownPolicyError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")
 
 

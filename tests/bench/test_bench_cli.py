@@ -76,6 +76,8 @@ def test_a_bad_trace_line_is_an_error_naming_the_line(
         (["--policies", ""], "names no policy"),
         (["--oracle-lookahead", "-1"], "--oracle-lookahead must not be negative"),
         (["--min-clock-fraction", "1.5"], "--min-clock-fraction must be at most 1"),
+        (["--policies", "agft:miss_share=0.5"], "unknown tunable 'miss_share'"),
+        (["--policies", "agft:dwell_windows=1.5"], "is not an integer"),
     ],
 )
 def test_bad_options_exit_2_with_a_reason(
