@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.10,
         help="oracle latency budget: p90 at most (1 + this) x default's, and within the SLO",
     )
+    p.add_argument(
+        "--oracle-attainment-slack",
+        type=float,
+        default=1.0,
+        help="oracle-plan's SLO attainment promise: at most this many points below default's "
+        "(0 asks for default's attainment)",
+    )
     p.add_argument("--oracle-lookahead", type=int, default=2, help="windows at default clocks")
     p.add_argument(
         "--oracle-budget",
@@ -150,6 +157,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         raise BenchUsageError("--oracle-lookahead must not be negative")
     if args.oracle_slowdown < 0:
         raise BenchUsageError("--oracle-slowdown must not be negative")
+    if not 0 <= args.oracle_attainment_slack <= 100:
+        raise BenchUsageError("--oracle-attainment-slack must be 0-100 points")
     if args.min_clock_fraction > 1:
         raise BenchUsageError("--min-clock-fraction must be at most 1")
     trace = args.trace if args.trace is not None else shipped_trace_path("azure_conv_2023")
@@ -172,6 +181,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         static_step_mhz=args.static_step_mhz,
         oracle_step_mhz=args.oracle_step_mhz,
         oracle_slowdown=args.oracle_slowdown,
+        oracle_attainment_slack=args.oracle_attainment_slack / 100.0,
         oracle_lookahead=args.oracle_lookahead,
         oracle_budget=args.oracle_budget,
     )

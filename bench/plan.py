@@ -12,8 +12,8 @@ longer than T, and SLO attainment is a count of misses. So the budget can be pri
 1. Thresholds, from the default-clock trajectory: T_ttft = (1 + s) x its p90 TTFT,
    T_itl = (1 + s) x its p90 inter-token latency (token-weighted, as vLLM counts it), and
    the SLO objectives. The slack of each constraint is what the whole run may still spend:
-   10 % of the observations minus default's own count over the threshold, and 1 point of
-   the requests for SLO misses.
+   10 % of the observations minus default's own count over the threshold, and
+   `attainment_slack` of the requests for SLO misses (1 point unless told otherwise).
 2. The table: along the default-clock trajectory, at every decision instant, every
    candidate clock's horizon (that window at the candidate, then `lookahead` windows at
    default clocks, so a queue left behind is charged) gives its energy and its counts over
@@ -23,7 +23,7 @@ longer than T, and SLO attainment is a count of misses. So the budget can be pri
    cheapest plan whose predicted spend fits `fill` x every slack.
 4. The plan is run for real, through decide_window and the ClockController like every
    policy, and judged on the real whole-run figures (p90 TTFT and TPOT within 1 + s of
-   default's, SLO attainment at most 1 point below). Windows interact (a queue left by
+   default's, SLO attainment at most `attainment_slack` below). Windows interact (a queue left by
    one slowed window slows the next more than the table saw), so if the run breaks a
    constraint, `fill` shrinks and the next plan is run; the first plan that holds is the
    result, default clocks if none does.
@@ -102,7 +102,9 @@ class PlanResult:
     wall_s: float = 0.0  # the whole search: thresholds, table and every real run
 
 
-def thresholds(spec: RunSpec, slo: SloTargets, slowdown: float) -> Thresholds:
+def thresholds(
+    spec: RunSpec, slo: SloTargets, slowdown: float, attainment_slack: float = 0.01
+) -> Thresholds:
     """Run the default-clock trajectory once, keeping every TTFT and inter-token latency."""
     node = new_node(spec)
     metrics = node.instances[0].sim_engine.metrics
@@ -133,7 +135,7 @@ def thresholds(spec: RunSpec, slo: SloTargets, slowdown: float) -> Thresholds:
         slack=(
             max(1.0, allowed * requests - over_ttft),
             max(1.0, allowed * tokens - over_itl),
-            max(1.0, 0.01 * arrived),
+            max(1.0, attainment_slack * arrived),
         ),
     )
 
@@ -240,10 +242,14 @@ def plan_for(
 
 
 def broken(
-    summary: Mapping[str, object], reference: Mapping[str, object], slowdown: float
+    summary: Mapping[str, object],
+    reference: Mapping[str, object],
+    slowdown: float,
+    attainment_slack: float = 0.01,
 ) -> tuple[bool, bool, bool]:
     """Per CONSTRAINTS, whether the run broke the product's promise on whole-run figures:
-    p90 TTFT and TPOT within 1 + s of default's, SLO attainment at most 1 point below."""
+    p90 TTFT and TPOT within 1 + s of default's, SLO attainment at most attainment_slack
+    (a share: 0.01 is 1 point) below."""
 
     def over(key: str) -> bool:
         value, ref = summary[key], reference[key]
@@ -255,7 +261,7 @@ def broken(
     missed = (
         not isinstance(attained, float)
         or not isinstance(ref_attained, float)
-        or attained < ref_attained - 0.01
+        or attained < ref_attained - attainment_slack
     )
     return over("ttft_p90_s"), over("tpot_p90_s"), missed
 
@@ -353,6 +359,7 @@ def search(
     slowdown: float,
     lookahead: int = 2,
     tries: int = _TRIES,
+    attainment_slack: float = 0.01,
     label: str = "oracle-plan",
     err: TextIO | None = None,
 ) -> PlanResult:
@@ -391,7 +398,7 @@ def search(
         saved, spend = predicted(table, th.slack, picks)
         run = execute(spec, table, picks, label)
         summary = summarise(run, reference, slo)
-        failed = broken(summary, ref_summary, slowdown)
+        failed = broken(summary, ref_summary, slowdown, attainment_slack)
         attempt = PlanTry(
             tuple(fill), share, int(banned.sum()), price, saved, spend, summary, not any(failed)
         )

@@ -51,6 +51,8 @@ class BenchConfig:
     static_step_mhz: int = 90
     oracle_step_mhz: int = 90
     oracle_slowdown: float = 0.10
+    # oracle-plan's attainment promise: at most this share below default's (0.01: 1 point).
+    oracle_attainment_slack: float = 0.01
     oracle_lookahead: int = 2
     oracle_budget: str = "cumulative"
 
@@ -213,7 +215,7 @@ def _oracle_task(tasks: _Tasks, arms: ClockArms) -> tuple[PolicyRun, list[Oracle
 def _plan(tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool) -> PlanResult:
     """oracle-plan: the table in slices across the workers, then real runs of plans."""
     config, spec = tasks.config, tasks.spec
-    th = thresholds(spec, config.slo, config.oracle_slowdown)
+    th = thresholds(spec, config.slo, config.oracle_slowdown, config.oracle_attainment_slack)
     clocks = (None, *clock_grid(arms, config.oracle_step_mhz, config.min_clock_fraction))
     # Decision k (1-based, as run_policy counts) is row k-1; the last decision governs
     # nothing inside the run, so it needs no row.
@@ -238,6 +240,7 @@ def _plan(tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool) -> 
         config.slo,
         config.oracle_slowdown,
         lookahead=config.oracle_lookahead,
+        attainment_slack=config.oracle_attainment_slack,
         err=err,
     )
 

@@ -77,6 +77,7 @@ def test_a_bad_trace_line_is_an_error_naming_the_line(
         (["--oracle-lookahead", "-1"], "--oracle-lookahead must not be negative"),
         (["--min-clock-fraction", "1.5"], "--min-clock-fraction must be at most 1"),
         (["--policies", "agft:miss_share=0.5"], "unknown tunable 'miss_share'"),
+        (["--oracle-attainment-slack", "-1"], "--oracle-attainment-slack must be 0-100"),
         (["--policies", "agft:dwell_windows=1.5"], "is not an integer"),
     ],
 )

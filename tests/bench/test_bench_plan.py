@@ -102,6 +102,9 @@ def test_broken_names_each_promise_the_run_breaks() -> None:
     assert broken(ok, ref, 0.10) == (False, False, False)
     bad = {"ttft_p90_s": 0.221, "tpot_p90_s": 0.034, "slo_attainment": 0.939}
     assert broken(bad, ref, 0.10) == (True, True, True)
+    # --oracle-attainment-slack: a stricter promise on attainment alone.
+    assert broken(ok, ref, 0.10, attainment_slack=0.005) == (False, False, True)
+    assert broken(ref, ref, 0.10, attainment_slack=0.0) == (False, False, False)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,10 @@ def test_table_slices_are_exact_and_default_costs_nothing(small_spec: RunSpec) -
     arms = instance_arms(node, tuple(node.instances[0].gpu_indices))
     clocks = (None, *clock_grid(arms, 450, 0.4))
     th = thresholds(small_spec, SLO, 0.10)
+    # The attainment slack is that share of the arrivals (at least one request).
+    strict = thresholds(small_spec, SLO, 0.10, attainment_slack=0.002)
+    assert strict.slack[:2] == th.slack[:2]
+    assert strict.slack[2] == pytest.approx(max(1.0, th.slack[2] * 0.2))
     n = 30
     whole = table_rows(small_spec, clocks, th, 1, 0, n)
     halves = [
