@@ -80,6 +80,8 @@ class AgftTunables:
 
 
 _FRACTIONS = ("floor_fraction", "ttft_miss_fraction")
+# Zero would divide by zero or empty a budget (a margin of 0 is a log of 0 at decide time).
+_POSITIVE = ("budget_margin", "ridge_lambda", "breach_factor", "grid_step_mhz", "reference_windows")
 
 
 def tunables_from_text(text: str) -> dict[str, Any]:
@@ -110,6 +112,8 @@ def tunables_from_text(text: str) -> dict[str, Any]:
             raise ValueError(f"tunable {name}={raw!r} is not {kind}") from None
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"tunable {name}={raw} must be finite and not negative")
+        if name in _POSITIVE and value <= 0:
+            raise ValueError(f"tunable {name}={raw} must be above 0")
         if name in _FRACTIONS and not 0 < value <= 1:
             raise ValueError(f"tunable {name}={raw} must be in (0, 1]")
         out[name] = value

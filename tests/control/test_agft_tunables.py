@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from server.control.agft import AgftPolicy, AgftTunables, tunables_from_text
+from server.control.policy import SloTargets
 from server.control.registry import make_policy, policy_factory
+from tests.control.test_agft_policy import ARMS, run
 
 
 def test_overrides_are_typed_like_the_tunable() -> None:
@@ -38,6 +42,9 @@ def test_the_registry_builds_agft_with_the_overrides() -> None:
         ("miss_share_factor=nan", "finite"),
         ("miss_share_factor=-1", "not negative"),
         ("floor_fraction=1.5", "(0, 1]"),
+        ("budget_margin=0", "must be above 0"),
+        ("ridge_lambda=0", "must be above 0"),
+        ("reference_windows=0", "must be above 0"),
         ("miss_share_factor=none", "is not a number"),  # only max_slowdown may be none
         ("dwell_windows=1:dwell_windows=2", "given twice"),
     ],
@@ -52,3 +59,20 @@ def test_a_bad_policy_name_fails_when_the_server_starts() -> None:
         policy_factory("agft:bogus=1")
     with pytest.raises(ValueError, match="unknown policy"):
         policy_factory("rule:miss_share_factor=0.5")
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(AgftTunables)])
+def test_every_accepted_extreme_value_keeps_the_controller_running(field: str) -> None:
+    # The smallest value the parser lets through, then a large one: decide must never raise
+    # and must choose only supported clocks (the toy world of test_agft_policy).
+    for raw in ("0", "0.001", "1"):
+        try:
+            overrides = tunables_from_text(f"{field}={raw}")
+        except ValueError:
+            continue
+        chosen = run(AgftPolicy(SloTargets(), **overrides), 40)
+        assert all(c is None or c in ARMS.supported_mhz for c in chosen)
+    big = "1000000" if isinstance(getattr(AgftTunables(), field), int) else "1e6"
+    if field not in ("floor_fraction", "ttft_miss_fraction"):
+        chosen = run(AgftPolicy(SloTargets(), **tunables_from_text(f"{field}={big}")), 40)
+        assert all(c is None or c in ARMS.supported_mhz for c in chosen)
