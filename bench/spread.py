@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ def _load(run_dir: Path) -> dict[str, Any]:
         raise SpreadError(f"no {path}") from None
     except json.JSONDecodeError as err:
         raise SpreadError(f"{path}: not JSON ({err})") from None
+    settings = data.get("settings") if isinstance(data, dict) else None
+    if not isinstance(settings, dict) or not isinstance(data.get("policies"), dict):
+        raise SpreadError(f"{path}: a results.json without settings or policies")
+    if not isinstance(settings.get("seed"), int) or "reference" not in settings:
+        raise SpreadError(f"{path}: settings without a seed or a reference policy")
     return data
 
 
@@ -85,8 +91,12 @@ def spread(run_dirs: list[Path], against: str) -> Spread:
         saving, attainment, ttft, tpot = [], [], [], []
         for run in runs:
             p, ref = run["policies"][name], run["policies"][run["settings"]["reference"]]
-            saving.append(float(p["energy_saving_pct"]))
             vs = run["policies"][against]["slo_attainment"]
+            values = (p.get("energy_saving_pct"), p.get("slo_attainment"), vs)
+            if any(not isinstance(v, int | float) for v in values):
+                seed = run["settings"].get("seed")
+                raise SpreadError(f"seed {seed}: {name} or {against} has no saving or attainment")
+            saving.append(float(p["energy_saving_pct"]))
             attainment.append(100.0 * (p["slo_attainment"] - vs))
             ttft.append(_change_pct(p["ttft_p90_s"], ref["ttft_p90_s"]))
             tpot.append(_change_pct(p["tpot_p90_s"], ref["tpot_p90_s"]))
@@ -95,6 +105,11 @@ def spread(run_dirs: list[Path], against: str) -> Spread:
         out.ttft_p90_change_pct[name] = ttft
         out.tpot_p90_change_pct[name] = tpot
     return out
+
+
+def _worst(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    return f"{max(finite):+.1f}" if finite else "n/a"
 
 
 def _cell(values: list[float], fmt: str) -> str:
@@ -118,8 +133,8 @@ def markdown(s: Spread, title: str) -> str:
         at_or_above = sum(1 for a in att if a >= -0.005)
         lines.append(
             f"| {name} | {_cell(saving, '.1f')} | {_cell(att, '+.3f')} "
-            f"| {at_or_above} of {len(att)} | {max(s.ttft_p90_change_pct[name]):+.1f} "
-            f"| {max(s.tpot_p90_change_pct[name]):+.1f} |"
+            f"| {at_or_above} of {len(att)} | {_worst(s.ttft_p90_change_pct[name])} "
+            f"| {_worst(s.tpot_p90_change_pct[name])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -103,3 +103,35 @@ def test_the_command_line_writes_the_table_and_fails_clearly(
     assert out.read_text() == capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2
     assert "no " in capsys.readouterr().err
+
+
+def test_missing_values_are_clear_errors_not_tracebacks(tmp_path: Path) -> None:
+    policies = {
+        "default": _policy(0.0, 0.9, 0.2, 0.03),
+        "agft-paper": _policy(0.1, None, 0.2, 0.03),  # type: ignore[arg-type]
+    }
+    run = _write(tmp_path, 0, policies)
+    with pytest.raises(SpreadError, match="no saving or attainment"):
+        spread([run], "agft-paper")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "results.json").write_text("{}")
+    with pytest.raises(SpreadError, match="without settings"):
+        spread([bare], "default")
+
+
+def test_an_unknown_latency_is_left_out_of_the_worst_change(tmp_path: Path) -> None:
+    run = _write(
+        tmp_path,
+        0,
+        {
+            "default": _policy(0.0, 0.9, 0.2, 0.03),
+            "agft": _policy(5.0, 0.9, None, 0.03),  # type: ignore[arg-type]
+        },
+    )
+    row = next(
+        line
+        for line in markdown(spread([run], "default"), "t").splitlines()
+        if line.startswith("| agft |")
+    )
+    assert row.endswith("| n/a | +0.0 |")
