@@ -71,6 +71,10 @@ def _settings(result: BenchResult) -> dict[str, Any]:
     }
 
 
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN or infinity: write null for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -242,7 +246,7 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
             "",
             f"Thresholds from default clocks: TTFT {_cell(th['ttft_s'], 'ms')} ms, inter-token "
             f"latency {_cell(th['itl_s'], 'ms')} ms (p90 x (1 + {s['oracle']['slowdown']:g})); "
-            f"SLO attainment at most {s['oracle']['attainment_slack_pts']:g} points below "
+            f"SLO attainment at most {_points(s['oracle']['attainment_slack_pts'])} below "
             "default's. Plans run for real, in order, until one keeps every promise:",
             "",
             "| run | fill (TTFT / ITL / SLO) | windows banned | lowered windows kept "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from bench.cli import _config, _parser, main
 
 GOOD_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
@@ -102,3 +102,9 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("--trace", "--peak-load", "--policies", "--oracle-slowdown", "--duration-s"):
         assert option in text
+
+
+def test_oracle_attainment_slack_is_given_in_points() -> None:
+    args = _parser().parse_args(["--oracle-attainment-slack", "0.5"])
+    assert _config(args).oracle_attainment_slack == pytest.approx(0.005)
+    assert _config(_parser().parse_args([])).oracle_attainment_slack == pytest.approx(0.01)

@@ -71,6 +71,9 @@ def test_results_json_has_every_field_for_every_policy(result: BenchResult, tmp_
     assert all(f in data["settings"] for f in SETTINGS_FIELDS)
     assert data["settings"]["slo"] == {"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 90.0}
     assert "| oracle |" in (tmp_path / "results.md").read_text()
+    # oracle-plan's attainment promise (default: 1 point) is recorded in both files.
+    assert data["settings"]["oracle"]["attainment_slack_pts"] == pytest.approx(1.0)
+    assert "SLO attainment at most 1 point below" in (tmp_path / "results.md").read_text()
 
 
 def test_default_is_the_reference(result: BenchResult) -> None:
