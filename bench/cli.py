@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.plan import DEFAULT_ATTAINMENT_SLACK
 from bench.plots import write_plots
 from bench.report import write_results
 from bench.runner import BENCH_ONLY, BenchConfig, policy_for, prepare, run_bench
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle-attainment-slack",
         type=float,
-        default=1.0,
+        default=100.0 * DEFAULT_ATTAINMENT_SLACK,
         help="oracle-plan's SLO attainment promise: at most this many points below default's "
         "(0 asks for default's attainment)",
     )

@@ -58,6 +58,8 @@ _FIRST_FILL = 0.8
 _SHRINK = 0.5
 _TRIES = 8
 _BISECTION_STEPS = 40
+# The product's attainment promise, as a share: at most 1 point below default's.
+DEFAULT_ATTAINMENT_SLACK = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,10 @@ class PlanResult:
 
 
 def thresholds(
-    spec: RunSpec, slo: SloTargets, slowdown: float, attainment_slack: float = 0.01
+    spec: RunSpec,
+    slo: SloTargets,
+    slowdown: float,
+    attainment_slack: float = DEFAULT_ATTAINMENT_SLACK,
 ) -> Thresholds:
     """Run the default-clock trajectory once, keeping every TTFT and inter-token latency."""
     node = new_node(spec)
@@ -245,7 +250,7 @@ def broken(
     summary: Mapping[str, object],
     reference: Mapping[str, object],
     slowdown: float,
-    attainment_slack: float = 0.01,
+    attainment_slack: float = DEFAULT_ATTAINMENT_SLACK,
 ) -> tuple[bool, bool, bool]:
     """Per CONSTRAINTS, whether the run broke the product's promise on whole-run figures:
     p90 TTFT and TPOT within 1 + s of default's, SLO attainment at most attainment_slack
@@ -359,7 +364,7 @@ def search(
     slowdown: float,
     lookahead: int = 2,
     tries: int = _TRIES,
-    attainment_slack: float = 0.01,
+    attainment_slack: float = DEFAULT_ATTAINMENT_SLACK,
     label: str = "oracle-plan",
     err: TextIO | None = None,
 ) -> PlanResult:

@@ -23,7 +23,14 @@ from bench.grid import clock_grid
 from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
 from bench.metrics import summarise
 from bench.oracle import OraclePolicy, OracleSearch, OracleStep
-from bench.plan import PlanResult, Table, Thresholds, table_rows, thresholds
+from bench.plan import (
+    DEFAULT_ATTAINMENT_SLACK,
+    PlanResult,
+    Table,
+    Thresholds,
+    table_rows,
+    thresholds,
+)
 from bench.plan import search as search_plan
 from bench.progress import ProgressLine, note
 from server.control.policy import ClockArms, Policy, SloTargets
@@ -52,7 +59,7 @@ class BenchConfig:
     oracle_step_mhz: int = 90
     oracle_slowdown: float = 0.10
     # oracle-plan's attainment promise: at most this share below default's (0.01: 1 point).
-    oracle_attainment_slack: float = 0.01
+    oracle_attainment_slack: float = DEFAULT_ATTAINMENT_SLACK
     oracle_lookahead: int = 2
     oracle_budget: str = "cumulative"
 
