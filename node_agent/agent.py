@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import httpx
 
+from agft.engines import engine_to_wire
 from agft.v1 import agent_pb2 as pb
 from agft.v1 import agent_pb2_grpc as pb_grpc
 from node_agent import __version__
@@ -29,7 +30,6 @@ from node_agent.window import GpuWindowSampler
 
 log = logging.getLogger(__name__)
 
-ENGINES = {"vllm": pb.ENGINE_VLLM, "sglang": pb.ENGINE_SGLANG}
 # Errors after which retrying cannot help: say so and stop instead of hammering the server.
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -246,7 +246,7 @@ class Agent:
             instances=[
                 pb.ServingInstance(
                     name=i.name,
-                    engine=ENGINES[i.engine],
+                    engine=engine_to_wire(i.engine),
                     metrics_url=i.metrics_url,
                     model_name=i.model_name,
                     gpu_indices=i.gpu_indices,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agft.engines import ENGINE_NAMES
+
 
 class ConfigError(ValueError):
     pass
@@ -32,6 +34,23 @@ class AgentConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     lease_check_s: float = 0.1
+    # What the agent accepts from whatever answers as the server (anything outside is
+    # refused with a reason in the ack): a lease longer than this, or a window outside
+    # [min_window_s, max_window_s], could pin a low clock or make the agent spin.
+    max_lease_s: float = 60.0
+    min_window_s: float = 0.1
+    max_window_s: float = 60.0
+    # Authentication to the server: the per-node token (`agft node-token create NODE`),
+    # given inline (env AGFT_AGENT_TOKEN) or, better, as a file readable by the agent only.
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    # TLS on the stream: the CA that signed the server's certificate; a client
+    # certificate and key for mutual TLS (optional); the name the server's certificate
+    # must carry when it differs from the host in `server`.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_server_name: str | None = None
 
     def __post_init__(self) -> None:
         names = [i.name for i in self.instances]
@@ -40,8 +59,11 @@ class AgentConfig:
         for inst in self.instances:
             if not inst.gpu_indices:
                 raise ConfigError(f"instance {inst.name!r} has no GPUs")
-            if inst.engine not in ("vllm", "sglang"):
-                raise ConfigError(f"instance {inst.name!r}: unknown engine {inst.engine!r}")
+            if inst.engine not in ENGINE_NAMES:
+                raise ConfigError(
+                    f"instance {inst.name!r}: unknown engine {inst.engine!r}; "
+                    f"known: {list(ENGINE_NAMES)}"
+                )
 
 
 def parse_instance_spec(spec: str) -> InstanceConfig:

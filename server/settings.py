@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     window_s: float = Field(default=1.0, gt=0.05, le=60.0, description="telemetry window")
     lease_s: float = Field(
-        default=5.0, gt=0.1, le=600.0, description="how long a lowered clock holds unrenewed"
+        default=5.0, gt=0.1, le=60.0, description="how long a lowered clock holds unrenewed"
     )
     policy: str = Field(default="agft", description="decision policy for every instance")
     static_clock_mhz: int | None = Field(

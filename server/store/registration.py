@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from agft.engines import engine_from_wire
 from agft.v1 import agent_pb2 as pb
 from server.store.models import Gpu, Instance, Node
-
-ENGINE_NAMES = {pb.ENGINE_VLLM: "vllm", pb.ENGINE_SGLANG: "sglang"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +53,7 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
             irow = existing.get(inst.name) or Instance(
                 node_pk=node.id, name=inst.name, created_at=now
             )
-            irow.engine = ENGINE_NAMES.get(inst.engine, "unknown")
+            irow.engine = engine_from_wire(inst.engine)
             irow.metrics_url = inst.metrics_url
             irow.model_name = inst.model_name
             irow.gpu_indices = list(inst.gpu_indices)

@@ -56,6 +56,7 @@ class AgentMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     TELEMETRY_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    CONTROL_STATUS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Increases by one per message on a stream; errors from the server refer to it."""
     @_builtins.property
@@ -64,6 +65,8 @@ class AgentMessage(_message.Message):
     def telemetry(self) -> Global___Telemetry: ...
     @_builtins.property
     def ack(self) -> Global___CommandAck: ...
+    @_builtins.property
+    def control_status(self) -> Global___ControlStatus: ...
     def __init__(
         self,
         *,
@@ -71,12 +74,13 @@ class AgentMessage(_message.Message):
         hello: Global___Hello | None = ...,
         telemetry: Global___Telemetry | None = ...,
         ack: Global___CommandAck | None = ...,
+        control_status: Global___ControlStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "hello", b"hello", "telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "control_status", b"control_status", "hello", b"hello", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "hello", b"hello", "seq", b"seq", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "control_status", b"control_status", "hello", b"hello", "seq", b"seq", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "telemetry", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "telemetry", "ack", "control_status"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -132,6 +136,7 @@ class Gpu(_message.Message):
     POWER_LIMIT_MW_FIELD_NUMBER: _builtins.int
     LOCKED_MIN_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     LOCKED_MAX_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    MONITOR_ONLY_REASON_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """NVML device index on the node"""
     uuid: _builtins.str
@@ -144,6 +149,11 @@ class Gpu(_message.Message):
     locked_min_sm_clock_mhz: _builtins.int
     """Present when a lock is in force at Hello time (the agent resets foreign locks first)."""
     locked_max_sm_clock_mhz: _builtins.int
+    monitor_only_reason: _builtins.str
+    """Empty when the agent can lock this GPU's clocks. Otherwise the GPU is monitor-only
+    and this says why (no permission, MIG, unsupported, a lock refused): the server
+    keeps deciding for it but sends it no clock command.
+    """
     @_builtins.property
     def supported_sm_clocks_mhz(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """at the default memory clock, highest first"""
@@ -167,10 +177,11 @@ class Gpu(_message.Message):
         power_limit_mw: _builtins.int = ...,
         locked_min_sm_clock_mhz: _builtins.int | None = ...,
         locked_max_sm_clock_mhz: _builtins.int | None = ...,
+        monitor_only_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_current_memory_clock_mhz", b"_current_memory_clock_mhz", "_current_sm_clock_mhz", b"_current_sm_clock_mhz", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "current_memory_clock_mhz", b"current_memory_clock_mhz", "current_sm_clock_mhz", b"current_sm_clock_mhz", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_memory_clock_mhz", b"_current_memory_clock_mhz", "_current_sm_clock_mhz", b"_current_sm_clock_mhz", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "current_memory_clock_mhz", b"current_memory_clock_mhz", "current_sm_clock_mhz", b"current_sm_clock_mhz", "default_memory_clock_mhz", b"default_memory_clock_mhz", "default_sm_clock_mhz", b"default_sm_clock_mhz", "index", b"index", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "name", b"name", "power_limit_mw", b"power_limit_mw", "supported_memory_clocks_mhz", b"supported_memory_clocks_mhz", "supported_sm_clocks_mhz", b"supported_sm_clocks_mhz", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_memory_clock_mhz", b"_current_memory_clock_mhz", "_current_sm_clock_mhz", b"_current_sm_clock_mhz", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "current_memory_clock_mhz", b"current_memory_clock_mhz", "current_sm_clock_mhz", b"current_sm_clock_mhz", "default_memory_clock_mhz", b"default_memory_clock_mhz", "default_sm_clock_mhz", b"default_sm_clock_mhz", "index", b"index", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "monitor_only_reason", b"monitor_only_reason", "name", b"name", "power_limit_mw", b"power_limit_mw", "supported_memory_clocks_mhz", b"supported_memory_clocks_mhz", "supported_sm_clocks_mhz", b"supported_sm_clocks_mhz", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__current_memory_clock_mhz: _TypeAlias = _typing.Literal["current_memory_clock_mhz"]  # noqa: Y015
     _WhichOneofArgType__current_memory_clock_mhz: _TypeAlias = _typing.Literal["_current_memory_clock_mhz", b"_current_memory_clock_mhz"]  # noqa: Y015
@@ -511,6 +522,53 @@ class ServingWindow(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_finished) -> _WhichOneofReturnType__requests_finished | None: ...
 
 Global___ServingWindow: _TypeAlias = ServingWindow  # noqa: Y015
+
+@_typing.final
+class ControlStatus(_message.Message):
+    """Sent after Hello whenever a GPU's controllability changes (e.g. NVML refused a lock
+    for lack of permission, so the GPU became monitor-only).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuControl]: ...
+    def __init__(
+        self,
+        *,
+        gpus: _abc.Iterable[Global___GpuControl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus", b"gpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlStatus: _TypeAlias = ControlStatus  # noqa: Y015
+
+@_typing.final
+class GpuControl(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    MONITOR_ONLY_REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    monitor_only_reason: _builtins.str
+    """empty: controllable again"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        monitor_only_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "monitor_only_reason", b"monitor_only_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuControl: _TypeAlias = GpuControl  # noqa: Y015
 
 @_typing.final
 class AppliedClocks(_message.Message):
