@@ -22,6 +22,9 @@ class InstanceConfig:
     gpu_indices: tuple[int, ...]
     engine: str = "vllm"
     model_name: str = ""
+    # Only /metrics samples carrying all these labels belong to this instance, so one
+    # endpoint serving several engines or models can feed several instances.
+    match_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

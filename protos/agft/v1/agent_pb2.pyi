@@ -309,6 +309,7 @@ class GpuWindow(_message.Message):
     THROTTLE_REASONS_FIELD_NUMBER: _builtins.int
     LOCKED_MIN_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     LOCKED_MAX_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    POWER_W_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     energy_j: _builtins.float
     """from the total-energy counter over the measured interval"""
@@ -323,6 +324,10 @@ class GpuWindow(_message.Message):
     """NVML clocks-event-reason bitmask, OR-ed over the window"""
     locked_min_sm_clock_mhz: _builtins.int
     locked_max_sm_clock_mhz: _builtins.int
+    power_w: _builtins.float
+    """NVML's instantaneous power at window end where the GPU has the field, else its
+    averaged reading; energy_j stays the measure of the window.
+    """
     def __init__(
         self,
         *,
@@ -336,10 +341,11 @@ class GpuWindow(_message.Message):
         throttle_reasons: _builtins.int | None = ...,
         locked_min_sm_clock_mhz: _builtins.int | None = ...,
         locked_max_sm_clock_mhz: _builtins.int | None = ...,
+        power_w: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_power_w", b"_avg_power_w", "_energy_j", b"_energy_j", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "_memory_clock_mhz", b"_memory_clock_mhz", "_sm_clock_mhz", b"_sm_clock_mhz", "_throttle_reasons", b"_throttle_reasons", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "avg_power_w", b"avg_power_w", "energy_j", b"energy_j", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "sm_clock_mhz", b"sm_clock_mhz", "throttle_reasons", b"throttle_reasons", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_power_w", b"_avg_power_w", "_energy_j", b"_energy_j", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "_memory_clock_mhz", b"_memory_clock_mhz", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_throttle_reasons", b"_throttle_reasons", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "avg_power_w", b"avg_power_w", "energy_j", b"energy_j", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "power_w", b"power_w", "sm_clock_mhz", b"sm_clock_mhz", "throttle_reasons", b"throttle_reasons", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_power_w", b"_avg_power_w", "_energy_j", b"_energy_j", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "_memory_clock_mhz", b"_memory_clock_mhz", "_sm_clock_mhz", b"_sm_clock_mhz", "_throttle_reasons", b"_throttle_reasons", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "avg_power_w", b"avg_power_w", "energy_j", b"energy_j", "index", b"index", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "sm_clock_mhz", b"sm_clock_mhz", "throttle_reasons", b"throttle_reasons", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_power_w", b"_avg_power_w", "_energy_j", b"_energy_j", "_locked_max_sm_clock_mhz", b"_locked_max_sm_clock_mhz", "_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz", "_memory_clock_mhz", b"_memory_clock_mhz", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_throttle_reasons", b"_throttle_reasons", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "avg_power_w", b"avg_power_w", "energy_j", b"energy_j", "index", b"index", "locked_max_sm_clock_mhz", b"locked_max_sm_clock_mhz", "locked_min_sm_clock_mhz", b"locked_min_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "power_w", b"power_w", "sm_clock_mhz", b"sm_clock_mhz", "throttle_reasons", b"throttle_reasons", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__avg_power_w: _TypeAlias = _typing.Literal["avg_power_w"]  # noqa: Y015
     _WhichOneofArgType__avg_power_w: _TypeAlias = _typing.Literal["_avg_power_w", b"_avg_power_w"]  # noqa: Y015
@@ -351,6 +357,8 @@ class GpuWindow(_message.Message):
     _WhichOneofArgType__locked_min_sm_clock_mhz: _TypeAlias = _typing.Literal["_locked_min_sm_clock_mhz", b"_locked_min_sm_clock_mhz"]  # noqa: Y015
     _WhichOneofReturnType__memory_clock_mhz: _TypeAlias = _typing.Literal["memory_clock_mhz"]  # noqa: Y015
     _WhichOneofArgType__memory_clock_mhz: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz"]  # noqa: Y015
+    _WhichOneofReturnType__power_w: _TypeAlias = _typing.Literal["power_w"]  # noqa: Y015
+    _WhichOneofArgType__power_w: _TypeAlias = _typing.Literal["_power_w", b"_power_w"]  # noqa: Y015
     _WhichOneofReturnType__sm_clock_mhz: _TypeAlias = _typing.Literal["sm_clock_mhz"]  # noqa: Y015
     _WhichOneofArgType__sm_clock_mhz: _TypeAlias = _typing.Literal["_sm_clock_mhz", b"_sm_clock_mhz"]  # noqa: Y015
     _WhichOneofReturnType__throttle_reasons: _TypeAlias = _typing.Literal["throttle_reasons"]  # noqa: Y015
@@ -369,6 +377,8 @@ class GpuWindow(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__locked_min_sm_clock_mhz) -> _WhichOneofReturnType__locked_min_sm_clock_mhz | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_clock_mhz) -> _WhichOneofReturnType__memory_clock_mhz | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_w) -> _WhichOneofReturnType__power_w | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sm_clock_mhz) -> _WhichOneofReturnType__sm_clock_mhz | None: ...
     @_typing.overload
