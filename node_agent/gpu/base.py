@@ -97,6 +97,14 @@ class GpuBackend(abc.ABC):
     def power_usage_mw(self, index: int) -> int:
         """NVML power reading (a 1 s average on Ampere+ except A100)."""
 
+    def instant_power_mw(self, index: int) -> int:
+        """Instantaneous power (NVML's NVML_FI_DEV_POWER_INSTANT field), where the GPU has it."""
+        raise GpuNotSupportedError(f"GPU {index}: no instantaneous power reading")
+
+    def mig_enabled(self, index: int) -> bool:
+        """Whether MIG mode is on: a MIG GPU's clocks are not ours to lock (monitor only)."""
+        return False
+
     @abc.abstractmethod
     def sm_clock_mhz(self, index: int) -> int:
         """The SM clock the GPU actually runs at now."""

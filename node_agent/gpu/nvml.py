@@ -119,6 +119,14 @@ class NvmlBackend(GpuBackend):
         h = self._h(index)
         return int(self._call(lambda: self._nvml.nvmlDeviceGetPowerUsage(h)))
 
+    def mig_enabled(self, index: int) -> bool:
+        h = self._h(index)
+        try:
+            current, _pending = self._call(lambda: self._nvml.nvmlDeviceGetMigMode(h))
+        except GpuNotSupportedError:
+            return False  # a GPU without MIG (pre-Ampere, consumer boards) or an old driver
+        return bool(current == self._nvml.NVML_DEVICE_MIG_ENABLE)
+
     def sm_clock_mhz(self, index: int) -> int:
         h = self._h(index)
         return int(
