@@ -2,19 +2,41 @@
 
 A tensor-parallel group moves together: if any GPU refuses the lock, the whole
 group is reset to default, so a group never runs at mixed clocks by our hand.
+
+Everything a command carries comes from whatever answers as the server, so it is
+bounded before any GPU is touched: a finite lease no longer than max_lease_s, clocks
+from the GPU's supported lists. A GPU the agent cannot control (MIG, no permission,
+unsupported, lost) is monitor-only: commands for its instance are refused at once,
+without calling NVML, so a refusal cannot turn into a retry storm against the driver.
+
+Commands and lease expiry run in different worker threads. One re-entrant lock
+covers each whole operation (the NVML writes and the lease bookkeeping together), so
+an expiry can never reset a group between a command's lock and its lease grant, and
+no lock outlives the lease that covers it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 
 from agft.v1 import agent_pb2 as pb
-from node_agent.gpu.base import GpuBackend, GpuError
+from node_agent.capability import monitor_only_reason, reason_for_error
+from node_agent.gpu.base import (
+    GpuBackend,
+    GpuError,
+    GpuNotSupportedError,
+)
 from node_agent.lease import Lease, LeaseTable
 
 log = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """A command that must not reach any GPU; the message goes into the ack."""
 
 
 class ClockController:
@@ -24,42 +46,168 @@ class ClockController:
         instance_gpus: Mapping[str, tuple[int, ...]],
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        *,
+        max_lease_s: float = math.inf,
     ) -> None:
         self._backend = backend
         self._instance_gpus = dict(instance_gpus)
+        self._gpus = tuple(sorted({i for g in self._instance_gpus.values() for i in g}))
         self._monotonic = monotonic
         self._wall = wall
+        self._max_lease_s = max_lease_s
+        self._mutex = threading.RLock()
+        self._monitor_only: dict[int, str] = {}
+        # Supported clocks do not change while the driver is loaded: read once per GPU.
+        self._supported_sm: dict[int, frozenset[int]] = {}
+        self._supported_memory: dict[int, frozenset[int]] = {}
         self.leases = LeaseTable()
 
+    # ---- controllability -------------------------------------------------------------
+    def start(self) -> dict[int, str]:
+        """Reset every managed GPU (no lock found at start is ours) and learn which are
+        monitor-only; that reset is the permission probe. Returns the monitor-only ones."""
+        with self._mutex:
+            for instance in self._instance_gpus:
+                self.leases.release(instance)
+            for index in self._gpus:
+                reason = monitor_only_reason(self._backend, index)
+                self._reset_memory(index)
+                if reason:
+                    self.mark_monitor_only(index, reason)
+            log.info("reset clocks of all managed GPUs: agent start")
+            return self.monitor_only()
+
+    def monitor_only(self) -> dict[int, str]:
+        """GPU index -> why the agent does not lock its clocks (absent: controllable)."""
+        with self._mutex:
+            return dict(self._monitor_only)
+
+    def mark_monitor_only(self, index: int, reason: str) -> bool:
+        """Stop controlling a GPU. Returns False if it was already monitor-only for this
+        reason, so the caller (and the log) hear of each change once."""
+        with self._mutex:
+            if self._monitor_only.get(index) == reason:
+                return False
+            self._monitor_only[index] = reason
+            log.warning("GPU %d is monitor-only from now on: %s", index, reason)
+            for instance, gpus in self._instance_gpus.items():
+                if index in gpus and self.leases.release(instance) is not None:
+                    # Best effort: the group must not keep a lock no lease covers.
+                    for error in self._reset(gpus):
+                        log.debug(
+                            "reset of %s after GPU %d left control: %s", instance, index, error
+                        )
+            return True
+
+    # ---- commands ---------------------------------------------------------------------
     def reset_all(self, reason: str) -> None:
-        """Give every managed GPU back to its governor (start-up, shutdown)."""
-        for instance in self._instance_gpus:
-            self.leases.release(instance)
-        gpus = tuple(sorted({i for g in self._instance_gpus.values() for i in g}))
-        for error in self._reset(gpus):
-            log.error("cannot reset (%s): %s", reason, error)
-        log.info("reset clocks of all managed GPUs: %s", reason)
+        """Give every managed GPU back to its governor (shutdown, a failed safety loop).
+
+        The last line of defence, so one GPU's failure, of whatever kind, must not
+        keep the others locked."""
+        with self._mutex:
+            for instance in self._instance_gpus:
+                self.leases.release(instance)
+            for index in self._gpus:
+                try:
+                    errors = self._reset((index,))
+                except Exception as err:
+                    errors = [f"gpu {index}: {type(err).__name__}: {err}"]
+                for error in errors:
+                    log.error("cannot reset (%s): %s", reason, error)
+            log.info("reset clocks of all managed GPUs: %s", reason)
 
     def set_clocks(self, cmd: pb.SetClocks) -> pb.CommandAck:
-        gpus = self._instance_gpus.get(cmd.instance)
-        if gpus is None:
-            return self._fail(cmd.command_id, cmd.instance, f"unknown instance {cmd.instance!r}")
-        if cmd.min_sm_clock_mhz > cmd.max_sm_clock_mhz or cmd.lease_s <= 0:
-            return self._fail(cmd.command_id, cmd.instance, "invalid clock range or lease")
+        with self._mutex:
+            gpus = self._instance_gpus.get(cmd.instance)
+            if gpus is None:
+                return self._fail(cmd, f"unknown instance {cmd.instance!r}")
+            blocked = [
+                f"GPU {i} is monitor-only: {self._monitor_only[i]}"
+                for i in gpus
+                if i in self._monitor_only
+            ]
+            if blocked:
+                # Expected while the server catches up with a ControlStatus: no log line
+                # per command (it was logged once when the GPU left control).
+                return self._fail(cmd, "; ".join(blocked), quiet=True)
+            try:
+                self._check(cmd, gpus)
+            except _Refused as err:
+                return self._fail(cmd, str(err))
+            return self._apply(cmd, gpus)
+
+    def reset_clocks(self, cmd: pb.ResetClocks) -> pb.CommandAck:
+        with self._mutex:
+            gpus = self._instance_gpus.get(cmd.instance)
+            if gpus is None:
+                return self._fail(cmd, f"unknown instance {cmd.instance!r}")
+            self.leases.release(cmd.instance)
+            errors = self._reset(gpus)
+            if errors:
+                return self._fail(cmd, "; ".join(errors))
+            return self._ack(cmd.command_id, cmd.instance, gpus)
+
+    def expire_leases(self) -> list[Lease]:
+        """Reset the GPUs of every lease that ran out; returns those leases."""
+        with self._mutex:
+            expired = self.leases.expired(self._monotonic())
+            for lease in expired:
+                log.warning(
+                    "lease of %s at %d MHz expired unrenewed: resetting GPUs %s to default",
+                    lease.instance,
+                    lease.max_mhz,
+                    list(lease.gpu_indices),
+                )
+                for error in self._reset(lease.gpu_indices):
+                    log.error("cannot reset after lease expiry: %s", error)
+            return expired
+
+    # ---- internals (callers hold the mutex) -------------------------------------------
+    def _check(self, cmd: pb.SetClocks, gpus: tuple[int, ...]) -> None:
+        """Refuse anything outside what this agent and these GPUs accept."""
+        lease_s = cmd.lease_s
+        if not (math.isfinite(lease_s) and 0 < lease_s <= self._max_lease_s):
+            raise _Refused(f"lease_s {lease_s!r} outside (0, {self._max_lease_s:g}] s")
+        lo, hi = cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz
+        if lo > hi:
+            raise _Refused(f"min SM clock {lo} MHz above max {hi} MHz")
         memory = cmd.memory_clock_mhz if cmd.HasField("memory_clock_mhz") else None
-        try:
-            for index in gpus:
+        for index in gpus:
+            sm, mem = self._supported(index)
+            for name, mhz in (("min", lo), ("max", hi)):
+                if mhz not in sm:
+                    raise _Refused(f"{name} SM clock {mhz} MHz is not supported by GPU {index}")
+            if memory is not None and memory not in mem:
+                raise _Refused(f"memory clock {memory} MHz is not supported by GPU {index}")
+
+    def _supported(self, index: int) -> tuple[frozenset[int], frozenset[int]]:
+        if index not in self._supported_sm:
+            b = self._backend
+            try:
+                memory = frozenset(b.supported_memory_clocks_mhz(index))
+                sm = frozenset(b.supported_sm_clocks_mhz(index, b.default_memory_clock_mhz(index)))
+            except GpuError as err:
+                raise _Refused(f"supported clocks of GPU {index} unknown: {err}") from err
+            self._supported_sm[index], self._supported_memory[index] = sm, memory
+        return self._supported_sm[index], self._supported_memory[index]
+
+    def _apply(self, cmd: pb.SetClocks, gpus: tuple[int, ...]) -> pb.CommandAck:
+        memory = cmd.memory_clock_mhz if cmd.HasField("memory_clock_mhz") else None
+        for index in gpus:
+            try:
                 self._backend.set_locked_sm_clocks_mhz(
                     index, cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz
                 )
-                if memory is not None:
+            except GpuError as err:
+                return self._refused_by_gpu(cmd, gpus, index, err, reason_for_error(err))
+            if memory is not None:
+                try:
                     self._backend.set_locked_memory_clocks_mhz(index, memory, memory)
-        except GpuError as err:
-            # The whole group goes back to default: no member may keep a lock (new or
-            # from an earlier lease) that no lease covers any more.
-            self._reset(gpus)
-            self.leases.release(cmd.instance)
-            return self._fail(cmd.command_id, cmd.instance, f"{type(err).__name__}: {err}")
+                except GpuError as err:
+                    # A GPU without memory locks can still have its SM clock locked.
+                    lost = None if isinstance(err, GpuNotSupportedError) else reason_for_error(err)
+                    return self._refused_by_gpu(cmd, gpus, index, err, lost)
         self.leases.grant(
             cmd.instance,
             gpus,
@@ -71,41 +219,43 @@ class ClockController:
         )
         return self._ack(cmd.command_id, cmd.instance, gpus)
 
-    def reset_clocks(self, cmd: pb.ResetClocks) -> pb.CommandAck:
-        gpus = self._instance_gpus.get(cmd.instance)
-        if gpus is None:
-            return self._fail(cmd.command_id, cmd.instance, f"unknown instance {cmd.instance!r}")
+    def _refused_by_gpu(
+        self,
+        cmd: pb.SetClocks,
+        gpus: tuple[int, ...],
+        index: int,
+        err: GpuError,
+        lost: str | None,
+    ) -> pb.CommandAck:
+        """A GPU refused: the whole group goes back to default, so no member keeps a lock
+        (new or from an earlier lease) that no lease covers. A refusal that will not
+        change by retrying (permission, support, a lost GPU) takes the GPU out of control."""
+        self._reset(gpus)
         self.leases.release(cmd.instance)
-        errors = self._reset(gpus)
-        if errors:
-            return self._fail(cmd.command_id, cmd.instance, "; ".join(errors))
-        return self._ack(cmd.command_id, cmd.instance, gpus)
-
-    def expire_leases(self) -> list[Lease]:
-        """Reset the GPUs of every lease that ran out; returns those leases."""
-        expired = self.leases.expired(self._monotonic())
-        for lease in expired:
-            log.warning(
-                "lease of %s at %d MHz expired unrenewed: resetting GPUs %s to default",
-                lease.instance,
-                lease.max_mhz,
-                list(lease.gpu_indices),
-            )
-            self._reset(lease.gpu_indices)
-        return expired
+        what = f"{type(err).__name__}: {err}"
+        if lost is None:
+            return self._fail(cmd, f"GPU {index}: {what}")
+        self.mark_monitor_only(index, lost)  # logged there, once
+        return self._fail(cmd, f"GPU {index} is monitor-only: {lost} ({what})", quiet=True)
 
     def _reset(self, gpus: tuple[int, ...]) -> list[str]:
         errors = []
         for index in gpus:
-            for reset in (
-                self._backend.reset_locked_sm_clocks,
-                self._backend.reset_locked_memory_clocks,
-            ):
-                try:
-                    reset(index)
-                except GpuError as err:
-                    errors.append(f"gpu {index}: {type(err).__name__}: {err}")
+            try:
+                self._backend.reset_locked_sm_clocks(index)
+            except GpuError as err:
+                errors.append(f"gpu {index}: {type(err).__name__}: {err}")
+            errors.extend(self._reset_memory(index))
         return errors
+
+    def _reset_memory(self, index: int) -> list[str]:
+        try:
+            self._backend.reset_locked_memory_clocks(index)
+        except GpuNotSupportedError:
+            return []  # no memory locks on this GPU (pre-Ampere): nothing of ours to undo
+        except GpuError as err:
+            return [f"gpu {index} memory: {type(err).__name__}: {err}"]
+        return []
 
     def _ack(self, command_id: str, instance: str, gpus: tuple[int, ...]) -> pb.CommandAck:
         ack = pb.CommandAck(
@@ -123,11 +273,15 @@ class ClockController:
             ack.applied.append(applied)
         return ack
 
-    def _fail(self, command_id: str, instance: str, error: str) -> pb.CommandAck:
-        log.warning("command %s for %s failed: %s", command_id, instance, error)
+    def _fail(
+        self, cmd: pb.SetClocks | pb.ResetClocks, error: str, *, quiet: bool = False
+    ) -> pb.CommandAck:
+        (log.debug if quiet else log.warning)(
+            "command %s for %s failed: %s", cmd.command_id, cmd.instance, error
+        )
         return pb.CommandAck(
-            command_id=command_id,
-            instance=instance,
+            command_id=cmd.command_id,
+            instance=cmd.instance,
             ok=False,
             error=error,
             applied_at_s=self._wall(),

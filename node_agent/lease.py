@@ -2,10 +2,16 @@
 
 Time is the agent's own monotonic clock from when a command was received, so a
 skewed wall clock on either host cannot stretch or cut a lease.
+
+The table is read and written from several threads (commands and expiry run in
+asyncio.to_thread workers, the window loop reads it on the event loop), so every
+operation holds a lock. A lock here keeps one operation whole; keeping a GPU lock and
+its lease in step across NVML calls is ClockController's job.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 
@@ -22,6 +28,7 @@ class Lease:
 class LeaseTable:
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
 
     def grant(
         self,
@@ -34,24 +41,30 @@ class LeaseTable:
         command_id: str = "",
     ) -> Lease:
         lease = Lease(instance, gpu_indices, min_mhz, max_mhz, now + lease_s, command_id)
-        self._leases[instance] = lease
+        with self._lock:
+            self._leases[instance] = lease
         return lease
 
     def release(self, instance: str) -> Lease | None:
-        return self._leases.pop(instance, None)
+        with self._lock:
+            return self._leases.pop(instance, None)
 
     def expired(self, now: float) -> list[Lease]:
         """Leases past expiry, removed from the table (the caller resets their GPUs)."""
-        gone = [lease for lease in self._leases.values() if lease.expires_at <= now]
-        for lease in gone:
-            del self._leases[lease.instance]
+        with self._lock:
+            gone = [lease for lease in self._leases.values() if lease.expires_at <= now]
+            for lease in gone:
+                del self._leases[lease.instance]
         return gone
 
     def next_expiry(self) -> float | None:
-        return min((lease.expires_at for lease in self._leases.values()), default=None)
+        with self._lock:
+            return min((lease.expires_at for lease in self._leases.values()), default=None)
 
     def active(self) -> list[Lease]:
-        return list(self._leases.values())
+        with self._lock:
+            return list(self._leases.values())
 
     def get(self, instance: str) -> Lease | None:
-        return self._leases.get(instance)
+        with self._lock:
+            return self._leases.get(instance)

@@ -8,7 +8,9 @@ import pytest
 
 from agft.v1 import agent_pb2 as pb
 from node_agent.clocks import ClockController
+from node_agent.gpu.base import GpuError
 from sim.node import SimulatedNode
+from tests.fakes.backend import FakeBackend
 from tests.helpers.simnode import sim_node
 
 
@@ -86,13 +88,28 @@ def test_renewal_extends_the_lease(node1: SimulatedNode) -> None:
     assert node1.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
 
 
-def test_a_refused_lock_resets_the_whole_tp_group(node2: SimulatedNode) -> None:
+def test_an_unsupported_clock_is_refused_before_any_gpu_is_touched(node2: SimulatedNode) -> None:
     clocks = ClockController(node2.backend, {"tp": (0, 1)})
     ok = clocks.set_clocks(lock("a", "tp", 1200, lease_s=5))
     assert ok.ok and [a.gpu_index for a in ok.applied] == [0, 1]
     bad = clocks.set_clocks(lock("b", "tp", 1201, lease_s=5))
-    assert not bad.ok
+    assert not bad.ok and "1201" in bad.error
+    # The earlier lock and the lease covering it stand, untouched.
+    assert node2.backend.locked_sm_clocks_mhz(0) == (1200, 1200)
+    assert node2.backend.locked_sm_clocks_mhz(1) == (1200, 1200)
+    lease = clocks.leases.get("tp")
+    assert lease is not None and lease.command_id == "a"
+
+
+def test_a_gpu_refusing_the_lock_resets_the_whole_tp_group() -> None:
+    backend = FakeBackend(gpus=2)
+    clocks = ClockController(backend, {"tp": (0, 1)})
+    assert clocks.set_clocks(lock("a", "tp", 1200, lease_s=5)).ok
+    # GPU 1 refuses for a reason retrying may cure: the group is reset, GPU stays ours.
+    backend.errors["set_locked_sm_clocks_mhz", 1] = GpuError("Timeout")
+    bad = clocks.set_clocks(lock("b", "tp", 900, lease_s=5))
+    assert not bad.ok and "GPU 1" in bad.error and "Timeout" in bad.error
     # No GPU of the group keeps a lock that no lease covers.
-    assert node2.backend.locked_sm_clocks_mhz(0) is None
-    assert node2.backend.locked_sm_clocks_mhz(1) is None
+    assert backend.locks == {}
     assert clocks.leases.get("tp") is None
+    assert clocks.monitor_only() == {}
