@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import grpc
 from fastapi import FastAPI
@@ -48,7 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         factory = make_session_factory(engine)
         writer = BatchWriter(
-            factory, batch_max=settings.persist_batch_max, interval_s=settings.persist_interval_s
+            factory,
+            batch_max=settings.persist_batch_max,
+            interval_s=settings.persist_interval_s,
+            stuck_after_s=settings.persist_stuck_after_s,
+            spill_path=Path(settings.persist_spill_path) if settings.persist_spill_path else None,
         )
         writer.start()
         fleet = FleetService(
@@ -82,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in list(fleet.sessions.values()):
                 session.close()
             await grpc_server.stop(grace=1.0)
-            await writer.stop()
+            await writer.stop(timeout_s=settings.persist_shutdown_s)
             engine.dispose()
 
     app = FastAPI(

@@ -37,3 +37,13 @@ class Settings(BaseSettings):
     persist_interval_s: float = Field(
         default=0.2, gt=0.0, description="longest wait before a batch is written"
     )
+    persist_stuck_after_s: float = Field(
+        default=30.0, gt=0.0, description="/healthz reports degraded when a row waits longer"
+    )
+    persist_shutdown_s: float = Field(
+        default=10.0, ge=0.0, description="longest shutdown waits for the database"
+    )
+    persist_spill_path: str | None = Field(
+        default="agft-unwritten.jsonl",
+        description="rows still unwritten at shutdown are appended here (empty: log only)",
+    )

@@ -13,7 +13,14 @@ async def test_rest_and_grpc_health(sqlite_url: str) -> None:
     async with running_server(sqlite_url) as srv:
         async with httpx.AsyncClient(base_url=srv.http_url) as client:
             body = (await client.get("/healthz")).json()
-            assert body == {"status": "ok", "database": "ok", "agents_connected": 0}
+            assert body == {
+            "status": "ok",
+            "database": "ok",
+            "writer": "ok",
+            "rows_queued": 0,
+            "rows_set_aside": 0,
+            "agents_connected": 0,
+        }
             assert (await client.get("/docs")).status_code == 200
             assert (await client.get("/api/v1/instances/999/decisions")).status_code == 404
             assert (await client.get("/api/v1/instances/1/decisions?limit=0")).status_code == 422

@@ -58,7 +58,17 @@ def healthz(request: Request, db: DbSession) -> Health:
     except Exception as err:  # report, don't crash, so probes see what is wrong
         database = f"error: {type(err).__name__}"
     fleet = request.app.state.fleet
-    status = "ok" if database == "ok" else "degraded"
+    writer = request.app.state.writer.status()
+    status = "ok" if database == "ok" and writer.ok else "degraded"
+    health = Health(
+        status=status,
+        database=database,
+        writer=writer.detail,
+        rows_queued=writer.queued,
+        rows_set_aside=writer.rows_set_aside,
+        agents_connected=len(fleet.sessions),
+    )
     if status != "ok":
-        raise HTTPException(status_code=503, detail={"status": status, "database": database})
-    return Health(status=status, database=database, agents_connected=len(fleet.sessions))
+        # A probe must see a stuck writer: persistence is the product's memory.
+        raise HTTPException(status_code=503, detail=health.model_dump())
+    return health

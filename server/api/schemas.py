@@ -86,6 +86,9 @@ class DecisionPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok" or "degraded"
     database: str
+    writer: str  # "ok", or why persistence is not keeping up
+    rows_queued: int
+    rows_set_aside: int  # rows the database refused for good (see persist_failures)
     agents_connected: int

@@ -7,6 +7,7 @@ exactly the same code on exactly the same telemetry messages.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,16 @@ def decide_window(
     """Validate, decide, and build the command. Raises InvalidMessageError on bad input."""
     obs = validation.observation(window, runtime.gpu_indices)
     decision = runtime.policy.decide(obs, runtime.arms)
+    missing = unknown_inputs(obs)
+    if decision.sm_clock_mhz is not None and missing:
+        # Unknown is not idle, whatever the policy thinks: a clock is lowered only on a
+        # window whose load and energy were both measured.
+        decision = ClockDecision(
+            None,
+            f"{runtime.policy.name}: {', '.join(missing)} unknown; default clocks",
+            decision.features,
+            decision.reward,
+        )
     if (
         decision.sm_clock_mhz is not None
         and decision.sm_clock_mhz not in runtime.arms.supported_mhz
@@ -67,7 +78,7 @@ def decide_window(
         "window_start": _ts(obs.window_start_s),
         "window_end": _ts(obs.window_end_s),
         "policy": runtime.policy.name,
-        "features": decision.features,
+        "features": finite_features(decision.features),
         "clock_in_force_mhz": obs.clock_in_force_mhz,
         "clock_chosen_mhz": decision.sm_clock_mhz,
         "reason": decision.reason[:255],
@@ -82,6 +93,30 @@ def decide_window(
         "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
     }
     return Outcome(obs, decision, command, row, command_row)
+
+
+def unknown_inputs(obs: Observation) -> list[str]:
+    """What a window lacks that any decision to lower a clock must rest on."""
+    missing = []
+    serving = obs.serving
+    if serving is None:
+        missing.append("serving metrics")
+    else:
+        for name, value in (
+            ("running requests", serving.num_requests_running),
+            ("waiting requests", serving.num_requests_waiting),
+            ("KV-cache usage", serving.kv_cache_usage),
+        ):
+            if value is None:
+                missing.append(name)
+    if obs.energy_j is None:
+        missing.append("GPU energy")
+    return missing
+
+
+def finite_features(features: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN or infinity: a feature that is not a finite number is stored unknown."""
+    return {k: (v if math.isfinite(v) else None) for k, v in features.items()}
 
 
 def lock_range(arms: ClockArms, clock: int) -> tuple[int, int]:

@@ -25,6 +25,9 @@ from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
+# What an agent is told when the server itself failed: nothing internal leaks out.
+INTERNAL_ERROR = "the server failed to handle this message; the details are in its log"
+
 
 class FleetService:
     def __init__(
@@ -131,6 +134,12 @@ class FleetService:
             except InvalidMessageError as err:
                 session.send(self.error(seq, err.code, err.message))
                 continue
+            except Exception:
+                # A bug must cost this one window, not the others of the message; the
+                # agent learns only that it failed (the details are ours, in the log).
+                log.exception("deciding window of %s/%s", session.node_id, window.instance)
+                session.send(self.error(seq, "internal", INTERNAL_ERROR))
+                continue
             if outcome.command is not None and outcome.command_row is not None:
                 self._writer.add_command(outcome.command_row)
                 session.remember_command(outcome.command_row["id"], runtime.name)
@@ -154,37 +163,22 @@ class FleetService:
 
     # ---- acks --------------------------------------------------------------------
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:
+        try:
+            row = validation.ack_row(ack)
+        except InvalidMessageError as err:
+            session.send(self.error(seq, err.code, err.message))
+            return
         if session.pending.pop(ack.command_id, None) is None:
             session.send(
                 self.error(seq, "unknown_command", f"no command {ack.command_id!r} awaits an ack")
             )
             return
-        applied = [
-            {
-                "gpu_index": a.gpu_index,
-                "sm_clock_mhz": a.sm_clock_mhz if a.HasField("sm_clock_mhz") else None,
-                "locked_min_sm_clock_mhz": a.locked_min_sm_clock_mhz
-                if a.HasField("locked_min_sm_clock_mhz")
-                else None,
-                "locked_max_sm_clock_mhz": a.locked_max_sm_clock_mhz
-                if a.HasField("locked_max_sm_clock_mhz")
-                else None,
-            }
-            for a in ack.applied
-        ]
-        if not ack.ok:
+        if not row["ack_ok"]:
             log.warning(
-                "agent %s failed command %s: %s", session.node_id, ack.command_id, ack.error
+                "agent %s failed command %s: %s", session.node_id, row["id"], row["ack_error"]
             )
-        self._writer.add_ack(
-            {
-                "id": ack.command_id,
-                "acked_at": datetime.now(UTC),
-                "ack_ok": ack.ok,
-                "ack_error": ack.error[:1024] or None,
-                "applied": applied,
-            }
-        )
+        row["acked_at"] = datetime.now(UTC)
+        self._writer.add_ack(row)
 
     @staticmethod
     def error(seq: int, code: str, message: str) -> pb.ServerMessage:

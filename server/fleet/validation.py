@@ -8,11 +8,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from agft.v1 import agent_pb2 as pb
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 
+# Bounds on everything an agent sends. They are generous (a fleet's real values sit far
+# inside them) but finite, so no value can overflow to infinity downstream, exceed a
+# database column, or turn a timestamp into an impossible date.
 MAX_WINDOW_S = 3600.0
+MIN_WINDOW_S = 0.001
+# Not negative and before 2100 (a simulator's virtual time starts at 0; 1e12 s once made
+# "year 33658 is out of range" and cost the good windows sent beside it).
+LATEST_TIME_S = 4_102_444_800.0  # 2100-01-01
+MAX_GPU_POWER_W = 10_000.0
+MAX_CLOCK_MHZ = 10_000
+MAX_COUNT_PER_WINDOW = 1e9  # tokens, requests, preemptions of one window
+MAX_REQUESTS = 1e6  # running / waiting gauges
+MAX_HISTOGRAM_BUCKETS = 256
+MAX_HISTOGRAM_SUM = 1e12
+MAX_GPUS_PER_NODE = 256
+MAX_INSTANCES_PER_NODE = 256
+MAX_GPU_INDEX = 1023
+MAX_CLOCK_LIST = 1024
+MAX_POWER_LIMIT_MW = 100_000_000  # 100 kW: inside the int32 column with room to spare
+MAX_NAME = 255
+MAX_URL = 1024
+MAX_VERSION = 64
+MAX_UUID = 128
+MAX_COMMAND_ID = 64
+MAX_ACK_ERROR = 1024
 
 
 class InvalidMessageError(ValueError):
@@ -28,11 +53,39 @@ def _bad(field: str, value: object, why: str) -> InvalidMessageError:
     return InvalidMessageError("invalid_value", f"{field}={value!r}: {why}")
 
 
-def _finite_nonneg(field: str, value: float) -> float:
+def _finite_nonneg(field: str, value: float, upper: float | None = None) -> float:
     if not math.isfinite(value):
         raise _bad(field, value, "must be finite")
     if value < 0:
         raise _bad(field, value, "must not be negative")
+    if upper is not None and value > upper:
+        raise _bad(field, value, f"must be at most {upper:g}")
+    return value
+
+
+def text(field: str, value: str, max_len: int, *, required: bool = False) -> str:
+    """A string fit for a log line and a database column: bounded, printable, no NUL."""
+    if required and not value.strip():
+        raise _bad(field, value, "must not be empty")
+    if len(value) > max_len:
+        raise InvalidMessageError(
+            "invalid_value", f"{field}: {len(value)} characters, at most {max_len} allowed"
+        )
+    if not value.isprintable():
+        raise InvalidMessageError(
+            "invalid_value", f"{field}={value[:40]!r}: control characters are not allowed"
+        )
+    return value
+
+
+def clean_text(value: str, max_len: int) -> str:
+    """Free text we keep but do not judge (an agent's error message): made storable."""
+    return "".join(ch if ch.isprintable() else "?" for ch in value[:max_len])
+
+
+def _clock(field: str, value: int) -> int:
+    if not 0 < value <= MAX_CLOCK_MHZ:
+        raise _bad(field, value, f"must be in 1..{MAX_CLOCK_MHZ} MHz")
     return value
 
 
@@ -41,13 +94,14 @@ def _opt(msg: object, name: str) -> bool:
     return bool(has(name))
 
 
-def _opt_float(msg: object, name: str, field: str, upper: float | None = None) -> float | None:
+def _opt_float(msg: object, name: str, field: str, upper: float) -> float | None:
     if not _opt(msg, name):
         return None
-    value = _finite_nonneg(field, float(getattr(msg, name)))
-    if upper is not None and value > upper:
-        raise _bad(field, value, f"must be at most {upper}")
-    return value
+    return _finite_nonneg(field, float(getattr(msg, name)), upper)
+
+
+def _opt_clock(msg: object, name: str, field: str) -> int | None:
+    return _clock(field, int(getattr(msg, name))) if _opt(msg, name) else None
 
 
 def histogram(h: pb.Histogram, field: str) -> HistogramDelta | None:
@@ -56,6 +110,8 @@ def histogram(h: pb.Histogram, field: str) -> HistogramDelta | None:
     # Built-ins over whole sequences (this runs four times per window, fleet-wide).
     bounds = tuple(h.upper_bounds)
     counts = tuple(h.bucket_counts)
+    if len(bounds) > MAX_HISTOGRAM_BUCKETS:
+        raise _bad(f"{field}.upper_bounds", len(bounds), f"more than {MAX_HISTOGRAM_BUCKETS}")
     if len(counts) != len(bounds) + 1:
         raise _bad(f"{field}.bucket_counts", len(counts), f"need {len(bounds) + 1} buckets")
     # A NaN or an infinity anywhere makes the sum non-finite; sorted(set()) equals the
@@ -64,26 +120,37 @@ def histogram(h: pb.Histogram, field: str) -> HistogramDelta | None:
         raise _bad(f"{field}.upper_bounds", bounds, "must be finite and strictly ascending")
     if sum(counts) != h.count:
         raise _bad(f"{field}.count", h.count, f"buckets add up to {sum(counts)}")
-    _finite_nonneg(f"{field}.sum", h.sum)
+    if h.count > MAX_COUNT_PER_WINDOW:
+        raise _bad(f"{field}.count", h.count, f"must be at most {MAX_COUNT_PER_WINDOW:g}")
+    _finite_nonneg(f"{field}.sum", h.sum, MAX_HISTOGRAM_SUM)
     return HistogramDelta(bounds, counts, float(h.sum), int(h.count))
 
 
-def gpu_sample(g: pb.GpuWindow, allowed: Sequence[int]) -> GpuSample:
+def gpu_sample(g: pb.GpuWindow, allowed: Sequence[int], duration_s: float) -> GpuSample:
     if g.index not in allowed:
         raise InvalidMessageError(
             "unknown_gpu", f"gpu index {g.index} is not one of this instance's {list(allowed)}"
         )
     prefix = f"gpus[{g.index}]"
     lock: tuple[int, int] | None = None
-    if _opt(g, "locked_min_sm_clock_mhz") and _opt(g, "locked_max_sm_clock_mhz"):
-        lock = (int(g.locked_min_sm_clock_mhz), int(g.locked_max_sm_clock_mhz))
+    lock_min = _opt_clock(g, "locked_min_sm_clock_mhz", f"{prefix}.locked_min_sm_clock_mhz")
+    lock_max = _opt_clock(g, "locked_max_sm_clock_mhz", f"{prefix}.locked_max_sm_clock_mhz")
+    if lock_min is not None and lock_max is not None:
+        if lock_min > lock_max:
+            raise _bad(f"{prefix}.locked_min_sm_clock_mhz", lock_min, "above locked max")
+        lock = (lock_min, lock_max)
+    _opt_clock(g, "memory_clock_mhz", f"{prefix}.memory_clock_mhz")
+    _opt_float(g, "power_w", f"{prefix}.power_w", MAX_GPU_POWER_W)
+    _opt_float(g, "utilization_memory_pct", f"{prefix}.utilization_memory_pct", 100.0)
+    # The window's energy can be no more than the most power any GPU draws for its length.
+    max_energy = MAX_GPU_POWER_W * duration_s
     return GpuSample(
         index=int(g.index),
-        energy_j=_opt_float(g, "energy_j", f"{prefix}.energy_j"),
-        avg_power_w=_opt_float(g, "avg_power_w", f"{prefix}.avg_power_w", upper=10_000.0),
-        sm_clock_mhz=int(g.sm_clock_mhz) if _opt(g, "sm_clock_mhz") else None,
+        energy_j=_opt_float(g, "energy_j", f"{prefix}.energy_j", max_energy),
+        avg_power_w=_opt_float(g, "avg_power_w", f"{prefix}.avg_power_w", MAX_GPU_POWER_W),
+        sm_clock_mhz=_opt_clock(g, "sm_clock_mhz", f"{prefix}.sm_clock_mhz"),
         utilization_gpu_pct=_opt_float(
-            g, "utilization_gpu_pct", f"{prefix}.utilization_gpu_pct", upper=100.0
+            g, "utilization_gpu_pct", f"{prefix}.utilization_gpu_pct", 100.0
         ),
         throttle_reasons=int(g.throttle_reasons) if _opt(g, "throttle_reasons") else None,
         locked_sm_clock_mhz=lock,
@@ -93,19 +160,27 @@ def gpu_sample(g: pb.GpuWindow, allowed: Sequence[int]) -> GpuSample:
 def serving_sample(s: pb.ServingWindow) -> ServingSample | None:
     if not s.available:
         return None  # unknown, never idle
+
+    def count(name: str) -> float | None:
+        return _opt_float(s, name, f"serving.{name}", MAX_COUNT_PER_WINDOW)
+
     return ServingSample(
-        num_requests_running=_opt_float(s, "num_requests_running", "serving.num_requests_running"),
-        num_requests_waiting=_opt_float(s, "num_requests_waiting", "serving.num_requests_waiting"),
+        num_requests_running=_opt_float(
+            s, "num_requests_running", "serving.num_requests_running", MAX_REQUESTS
+        ),
+        num_requests_waiting=_opt_float(
+            s, "num_requests_waiting", "serving.num_requests_waiting", MAX_REQUESTS
+        ),
         # vLLM reports a fraction; allow a hair above 1 for rounding.
-        kv_cache_usage=_opt_float(s, "kv_cache_usage", "serving.kv_cache_usage", upper=1.01),
-        prompt_tokens=_opt_float(s, "prompt_tokens", "serving.prompt_tokens"),
-        generation_tokens=_opt_float(s, "generation_tokens", "serving.generation_tokens"),
-        preemptions=_opt_float(s, "preemptions", "serving.preemptions"),
-        requests_finished=_opt_float(s, "requests_finished", "serving.requests_finished"),
+        kv_cache_usage=_opt_float(s, "kv_cache_usage", "serving.kv_cache_usage", 1.01),
+        prompt_tokens=count("prompt_tokens"),
+        generation_tokens=count("generation_tokens"),
+        preemptions=count("preemptions"),
+        requests_finished=count("requests_finished"),
         ttft_s=histogram(s.ttft_s, "serving.ttft_s"),
         inter_token_latency_s=histogram(s.inter_token_latency_s, "serving.inter_token_latency_s"),
-        prefix_cache_queries=_opt_float(s, "prefix_cache_queries", "serving.prefix_cache_queries"),
-        prefix_cache_hits=_opt_float(s, "prefix_cache_hits", "serving.prefix_cache_hits"),
+        prefix_cache_queries=count("prefix_cache_queries"),
+        prefix_cache_hits=count("prefix_cache_hits"),
         e2e_latency_s=histogram(s.e2e_latency_s, "serving.e2e_latency_s"),
         iteration_tokens=histogram(s.iteration_tokens, "serving.iteration_tokens"),
         counters_reset=s.counters_reset,
@@ -125,20 +200,29 @@ def clock_in_force(gpus: Sequence[GpuSample]) -> int | None:
     return None
 
 
+def _time(field: str, value: float) -> float:
+    if not math.isfinite(value) or not 0 <= value <= LATEST_TIME_S:
+        raise _bad(field, value, "must be unix seconds from 1970 to 2100")
+    return value
+
+
 def observation(w: pb.InstanceWindow, gpu_indices: Sequence[int]) -> Observation:
-    start = _finite_nonneg("window_start_s", w.window_start_s)
-    end = _finite_nonneg("window_end_s", w.window_end_s)
+    start = _time("window_start_s", w.window_start_s)
+    end = _time("window_end_s", w.window_end_s)
     if end <= start:
         raise _bad("window_end_s", end, f"must be after window_start_s={start}")
     if end - start > MAX_WINDOW_S:
         raise _bad("window_end_s", end, f"window longer than {MAX_WINDOW_S:.0f} s")
+    if end - start < MIN_WINDOW_S:
+        raise _bad("window_end_s", end, f"window shorter than {MIN_WINDOW_S * 1000:.0f} ms")
+    text("command_id", w.command_id, MAX_COMMAND_ID)
     seen: set[int] = set()
     gpus = []
     for g in w.gpus:
         if g.index in seen:
             raise _bad("gpus.index", g.index, "appears twice")
         seen.add(g.index)
-        gpus.append(gpu_sample(g, gpu_indices))
+        gpus.append(gpu_sample(g, gpu_indices, end - start))
     serving = serving_sample(w.serving) if w.HasField("serving") else None
     return Observation(
         window_start_s=start,
@@ -150,20 +234,54 @@ def observation(w: pb.InstanceWindow, gpu_indices: Sequence[int]) -> Observation
 
 
 def check_hello(hello: pb.Hello) -> None:
-    if not hello.node_id.strip():
-        raise InvalidMessageError("invalid_hello", "node_id must not be empty")
+    """Everything Hello says is stored: bound each field to what its column can hold."""
+    text("node_id", hello.node_id, MAX_NAME, required=True)
+    text("hostname", hello.hostname, MAX_NAME)
+    text("agent_version", hello.agent_version, MAX_VERSION)
+    if len(hello.gpus) > MAX_GPUS_PER_NODE:
+        raise _bad("gpus", len(hello.gpus), f"more than {MAX_GPUS_PER_NODE} GPUs")
+    if len(hello.instances) > MAX_INSTANCES_PER_NODE:
+        raise _bad("instances", len(hello.instances), f"more than {MAX_INSTANCES_PER_NODE}")
     indices = [g.index for g in hello.gpus]
     if len(set(indices)) != len(indices):
         raise InvalidMessageError("invalid_hello", f"duplicate GPU indices {indices}")
     for g in hello.gpus:
+        prefix = f"gpus[{g.index}]"
+        if g.index > MAX_GPU_INDEX:
+            raise _bad(f"{prefix}.index", g.index, f"must be at most {MAX_GPU_INDEX}")
+        text(f"{prefix}.uuid", g.uuid, MAX_UUID)
+        text(f"{prefix}.name", g.name, MAX_NAME)
+        text(f"{prefix}.monitor_only_reason", g.monitor_only_reason, MAX_ACK_ERROR)
         if not g.supported_sm_clocks_mhz:
             raise InvalidMessageError("invalid_hello", f"gpu {g.index} lists no supported clocks")
+        for name in ("supported_sm_clocks_mhz", "supported_memory_clocks_mhz"):
+            clocks = getattr(g, name)
+            if len(clocks) > MAX_CLOCK_LIST:
+                raise _bad(f"{prefix}.{name}", len(clocks), f"more than {MAX_CLOCK_LIST} clocks")
+            for mhz in clocks:
+                _clock(f"{prefix}.{name}", mhz)
         if g.default_sm_clock_mhz <= 0:
             raise InvalidMessageError("invalid_hello", f"gpu {g.index} has no default clock")
+        _clock(f"{prefix}.default_sm_clock_mhz", g.default_sm_clock_mhz)
+        if g.default_memory_clock_mhz:
+            _clock(f"{prefix}.default_memory_clock_mhz", g.default_memory_clock_mhz)
+        for name in (
+            "current_sm_clock_mhz",
+            "current_memory_clock_mhz",
+            "locked_min_sm_clock_mhz",
+            "locked_max_sm_clock_mhz",
+        ):
+            _opt_clock(g, name, f"{prefix}.{name}")
+        if g.power_limit_mw > MAX_POWER_LIMIT_MW:
+            raise _bad(f"{prefix}.power_limit_mw", g.power_limit_mw, "above 100 kW")
     names = [i.name for i in hello.instances]
     if len(set(names)) != len(names) or any(not n.strip() for n in names):
         raise InvalidMessageError("invalid_hello", f"instance names must be unique: {names}")
     for inst in hello.instances:
+        text("instances.name", inst.name, MAX_NAME, required=True)
+        prefix = f"instances[{inst.name}]"
+        text(f"{prefix}.metrics_url", inst.metrics_url, MAX_URL)
+        text(f"{prefix}.model_name", inst.model_name, MAX_NAME)
         if not inst.gpu_indices:
             raise InvalidMessageError("invalid_hello", f"instance {inst.name} has no GPUs")
         missing = [i for i in inst.gpu_indices if i not in indices]
@@ -171,3 +289,36 @@ def check_hello(hello: pb.Hello) -> None:
             raise InvalidMessageError(
                 "invalid_hello", f"instance {inst.name} names unknown GPUs {missing}"
             )
+
+
+def ack_row(ack: pb.CommandAck) -> dict[str, Any]:
+    """The clock_commands columns an ack fills (without acked_at, the server's time)."""
+    text("ack.command_id", ack.command_id, MAX_COMMAND_ID, required=True)
+    text("ack.instance", ack.instance, MAX_NAME)
+    if len(ack.applied) > MAX_GPUS_PER_NODE:
+        raise _bad("ack.applied", len(ack.applied), f"more than {MAX_GPUS_PER_NODE} GPUs")
+    applied = []
+    for a in ack.applied:
+        prefix = f"ack.applied[{a.gpu_index}]"
+        if a.gpu_index > MAX_GPU_INDEX:
+            raise _bad(f"{prefix}.gpu_index", a.gpu_index, f"must be at most {MAX_GPU_INDEX}")
+        applied.append(
+            {
+                "gpu_index": int(a.gpu_index),
+                "sm_clock_mhz": _opt_clock(a, "sm_clock_mhz", f"{prefix}.sm_clock_mhz"),
+                "locked_min_sm_clock_mhz": _opt_clock(
+                    a, "locked_min_sm_clock_mhz", f"{prefix}.locked_min_sm_clock_mhz"
+                ),
+                "locked_max_sm_clock_mhz": _opt_clock(
+                    a, "locked_max_sm_clock_mhz", f"{prefix}.locked_max_sm_clock_mhz"
+                ),
+            }
+        )
+    return {
+        "id": ack.command_id,
+        "ack_ok": bool(ack.ok),
+        # The agent's own words are kept, made storable (a NUL byte once stopped all
+        # persistence on PostgreSQL), never judged.
+        "ack_error": clean_text(ack.error, MAX_ACK_ERROR) or None,
+        "applied": applied,
+    }

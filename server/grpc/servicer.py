@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from agft.v1 import agent_pb2 as pb
 from server.fleet.runtime import AgentSession
-from server.fleet.service import FleetService
+from server.fleet.service import INTERNAL_ERROR, FleetService
 from server.fleet.validation import InvalidMessageError
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ class AgentLinkServicer:
             except InvalidMessageError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{err.code}: {err.message}")
                 return None
+            except Exception:
+                # The database's words (SQL, constraint names) stay in our log.
+                log.exception("registering node %r failed", first.hello.node_id[:80])
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+                return None
         return None
 
     async def _read(
@@ -104,9 +109,9 @@ class AgentLinkServicer:
                 session.send(FleetService.error(msg.seq, "protocol", "Hello was already received"))
             else:
                 session.send(FleetService.error(msg.seq, "malformed", "message has no body"))
-        except Exception as err:  # one bad message must not end the stream
+        except Exception:  # one bad message must not end the stream
             log.exception("handling message %d from %s", msg.seq, session.node_id)
-            session.send(FleetService.error(msg.seq, "internal", f"{type(err).__name__}: {err}"))
+            session.send(FleetService.error(msg.seq, "internal", INTERNAL_ERROR))
 
 
 def add_to_server(servicer: AgentLinkServicer, server: grpc.aio.Server) -> None:

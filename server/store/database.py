@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -15,10 +16,18 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def json_strict(value: Any) -> str:
+    # JSON has no NaN or infinity: refuse them here, on SQLite as on PostgreSQL, so both
+    # databases accept exactly the same rows.
+    return json.dumps(value, allow_nan=False)
+
+
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False}, json_serializer=json_strict
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -30,7 +39,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=json_strict
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

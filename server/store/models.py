@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -158,3 +159,19 @@ class PolicyState(Base):
     state: Mapped[dict[str, Any]] = mapped_column(Json)
     decisions: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PersistFailure(Base):
+    """A row the writer could not store however often it tried, set aside for an admin.
+
+    One bad row must never stop persistence for everyone: it lands here (with the
+    database's error) and the rest of its batch is written.
+    """
+
+    __tablename__ = "persist_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))  # command, decision, ack, policy_state
+    error: Mapped[str] = mapped_column(String(1024))
+    payload: Mapped[str] = mapped_column(Text)  # the row as JSON text, made storable
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

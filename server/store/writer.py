@@ -1,25 +1,59 @@
 """Batched persistence: decisions, commands and acks are written in few transactions.
 
 The event loop only enqueues; a background task drains the queue and writes each
-batch in a worker thread. A batch that fails to write is retried, not dropped:
-nothing the server accepted is lost while the process lives, and shutdown flushes.
+batch in a worker thread. Failures are told apart:
+
+- transient (the database is down, a connection dropped, a lock timed out): the
+  same rows are retried with capped backoff, so nothing accepted is lost while
+  the process lives;
+- permanent (a row the database will never take): the batch is written row by
+  row, and each row that still fails is set aside in `persist_failures` (with the
+  error, logged and counted) while the rest are written. One bad row never stops
+  persistence for everyone.
+
+`status()` says when the writer is stuck, for /healthz. `stop()` is bounded: what
+cannot be written in time is appended to a spill file named in the log, not lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import exc, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.store.models import ClockCommand, Decision
+from server.store.models import ClockCommand, Decision, PersistFailure
 from server.store.policy_states import upsert_policy_state
 
 log = logging.getLogger(__name__)
+
+# Order of writing: decisions and acks refer to commands.
+KINDS = ("command", "decision", "ack", "policy_state")
+Item = tuple[str, dict[str, Any]]
+
+
+def is_transient(err: BaseException) -> bool:
+    """Would the same write succeed later? Connection and lock trouble, not bad rows."""
+    if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
+        return True
+    return isinstance(
+        err,
+        exc.OperationalError
+        | exc.InterfaceError
+        | exc.TimeoutError
+        | exc.DisconnectionError
+        | ConnectionError
+        | TimeoutError,
+    )
 
 
 @dataclass(slots=True)
@@ -33,6 +67,47 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.commands) + len(self.decisions) + len(self.acks) + len(self.policy_states)
 
+    def add(self, item: Item) -> None:
+        kind, row = item
+        if kind == "policy_state":
+            self.policy_states[(row["instance_id"], row["policy"])] = row
+        else:
+            {"command": self.commands, "decision": self.decisions, "ack": self.acks}[kind].append(
+                row
+            )
+
+    def items(self) -> list[Item]:
+        return (
+            [("command", r) for r in self.commands]
+            + [("decision", r) for r in self.decisions]
+            + [("ack", r) for r in self.acks]
+            + [("policy_state", r) for r in self.policy_states.values()]
+        )
+
+    @classmethod
+    def of(cls, items: list[Item]) -> _Batch:
+        batch = cls()
+        for item in items:
+            batch.add(item)
+        return batch
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    ok: bool
+    detail: str  # "ok", or what is wrong, in words
+    queued: int
+    oldest_queued_s: float | None
+    rows_written: int
+    rows_set_aside: int
+    last_error: str | None
+
+
+def payload_text(row: dict[str, Any]) -> str:
+    """A row as JSON text any database will store: whatever it holds, made printable."""
+    text = json.dumps(row, default=str, allow_nan=True, sort_keys=True)
+    return text.replace("\x00", "\\u0000")
+
 
 class BatchWriter:
     def __init__(
@@ -42,16 +117,27 @@ class BatchWriter:
         batch_max: int = 500,
         interval_s: float = 0.2,
         retry_s: float = 1.0,
+        retry_max_s: float = 10.0,
+        stuck_after_s: float = 30.0,
+        spill_path: Path | None = None,
     ) -> None:
         self._factory = factory
         self._batch_max = batch_max
         self._interval_s = interval_s
         self._retry_s = retry_s
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._retry_max_s = retry_max_s
+        self._stuck_after_s = stuck_after_s
+        self._spill_path = spill_path
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        # Enqueue times, oldest first, so health can say how long the oldest row waits.
+        self._enqueued_at: deque[float] = deque()
+        self._in_flight: list[Item] = []
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.rows_written = 0
+        self.rows_set_aside = 0
+        self.last_error: str | None = None
 
     # -- producers (event loop, never block) --------------------------------------
     def add_command(self, row: dict[str, Any]) -> None:
@@ -68,7 +154,30 @@ class BatchWriter:
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         self._idle.clear()
+        self._enqueued_at.append(time.monotonic())
         self._queue.put_nowait((kind, row))
+
+    # -- health ----------------------------------------------------------------------
+    def status(self) -> WriterStatus:
+        queued = self._queue.qsize() + len(self._in_flight)
+        oldest = time.monotonic() - self._enqueued_at[0] if self._enqueued_at else None
+        detail = "ok"
+        if self._task is not None and self._task.done():
+            detail = "the writer task has stopped"
+        elif oldest is not None and oldest > self._stuck_after_s:
+            detail = (
+                f"stuck: {queued} rows waiting, the oldest for {oldest:.0f} s"
+                f" (last error: {self.last_error or 'none'})"
+            )
+        return WriterStatus(
+            ok=detail == "ok",
+            detail=detail,
+            queued=queued,
+            oldest_queued_s=oldest,
+            rows_written=self.rows_written,
+            rows_set_aside=self.rows_set_aside,
+            last_error=self.last_error,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -79,51 +188,136 @@ class BatchWriter:
         while not (self._queue.empty() and self._idle.is_set()):
             await self._idle.wait()
 
-    async def stop(self) -> None:
-        await self.flush()
+    async def stop(self, timeout_s: float = 10.0) -> int:
+        """Flush for at most timeout_s, then stop; returns how many rows were spilled."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            log.error("writer could not flush within %.0f s (%s)", timeout_s, self.last_error)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        left = list(self._in_flight)
+        self._in_flight = []
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        if left:
+            self._spill(left)
+        return len(left)
+
+    def _spill(self, items: list[Item]) -> None:
+        if self._spill_path is None:
+            log.error("%d accepted rows were never written (no spill file configured)", len(items))
+            return
+        try:
+            with self._spill_path.open("a", encoding="utf-8") as out:
+                for kind, row in items:
+                    out.write(json.dumps({"kind": kind, "row": row}, default=str) + "\n")
+        except OSError as err:
+            log.error(
+                "%d rows unwritten; cannot spill them to %s: %s", len(items), self._spill_path, err
+            )
+            return
+        log.error(
+            "%d accepted rows could not reach the database before shutdown; appended to %s",
+            len(items),
+            self._spill_path,
+        )
 
     # -- consumer ------------------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
             self._idle.clear()
-            batch = _Batch()
-            self._add(batch, first)
-            deadline = asyncio.get_running_loop().time() + self._interval_s
-            while len(batch) < self._batch_max:
-                timeout = deadline - asyncio.get_running_loop().time()
+            items = [first]
+            deadline = loop.time() + self._interval_s
+            while len(items) < self._batch_max:
+                timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
-                self._add(batch, item)
-            while True:
-                try:
-                    await asyncio.to_thread(self._write, batch)
-                    self.rows_written += len(batch)
-                    break
-                except Exception:
-                    log.exception("persisting %d rows failed; retrying", len(batch))
-                    await asyncio.sleep(self._retry_s)
+            self._in_flight = items
+            await self._write_until_done(items)
+            self._in_flight = []
+            for _ in items:
+                self._enqueued_at.popleft()
             if self._queue.empty():
                 self._idle.set()
 
-    @staticmethod
-    def _add(batch: _Batch, item: tuple[str, dict[str, Any]]) -> None:
+    async def _write_until_done(self, items: list[Item]) -> None:
+        delay = self._retry_s
+        pending = items
+        while pending:
+            try:
+                await asyncio.to_thread(self._write, _Batch.of(pending))
+                self.rows_written += len(pending)
+                self.last_error = None
+                return
+            except Exception as err:
+                self.last_error = f"{type(err).__name__}: {str(err)[:300]}"
+                if is_transient(err):
+                    log.warning("persisting %d rows failed (%s); retrying", len(pending), err)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._retry_max_s)
+                    continue
+                log.error(
+                    "a batch of %d rows holds a row the database refuses: %s", len(pending), err
+                )
+            # One row at a time: the good ones are written, the bad ones set aside.
+            try:
+                pending = await asyncio.to_thread(self._write_each, pending)
+            except Exception as err:  # transient trouble mid-way: retry what is left
+                self.last_error = f"{type(err).__name__}: {str(err)[:300]}"
+                log.warning("row-by-row write interrupted (%s); retrying", err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    def _write_each(self, items: list[Item]) -> list[Item]:
+        """Write items one per transaction; returns [] or raises on transient trouble.
+
+        Rows the database refuses for good are set aside. Items written are removed
+        from `items` as we go, so a retry after a transient error repeats none.
+        """
+        ordered = _Batch.of(items).items()
+        for i, item in enumerate(ordered):
+            try:
+                self._write(_Batch.of([item]))
+                self.rows_written += 1
+            except Exception as err:
+                if is_transient(err):
+                    del ordered[:i]
+                    items[:] = ordered
+                    raise
+                self._set_aside(item, err)
+        return []
+
+    def _set_aside(self, item: Item, err: BaseException) -> None:
         kind, row = item
-        if kind == "policy_state":
-            batch.policy_states[(row["instance_id"], row["policy"])] = row
-            return
-        {"command": batch.commands, "decision": batch.decisions, "ack": batch.acks}[kind].append(
-            row
-        )
+        error = f"{type(err).__name__}: {err}".replace("\x00", "\\0")[:1024]
+        log.error("setting aside a %s row the database refuses: %s", kind, error)
+        self.rows_set_aside += 1
+        try:
+            with self._factory.begin() as db:
+                db.add(
+                    PersistFailure(
+                        kind=kind,
+                        error=error,
+                        payload=payload_text(row),
+                        failed_at=datetime.now(UTC),
+                    )
+                )
+        except Exception as set_aside_err:
+            if is_transient(set_aside_err):
+                self.rows_set_aside -= 1
+                raise
+            # Never loop on it: the log line above holds the row's kind and error.
+            log.error("cannot store the set-aside row either: %s", set_aside_err)
 
     def _write(self, batch: _Batch) -> None:
         # Commands first: decisions and acks refer to them.
