@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import exc, func, insert, select
+from sqlalchemy import exc, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.database import make_engine, make_session_factory
@@ -37,25 +37,24 @@ def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
 def _instance(factory: sessionmaker[Session]) -> int:
     now = datetime.now(UTC)
     with factory.begin() as db:
-        node_pk = db.execute(
-            insert(Node).values(
-                node_id="n", hostname="n", agent_version="t", first_seen_at=now, last_seen_at=now
-            )
-        ).inserted_primary_key[0]
-        return int(
-            db.execute(
-                insert(Instance).values(
-                    node_pk=node_pk,
-                    name="vllm-0",
-                    engine="vllm",
-                    metrics_url="http://x/metrics",
-                    model_name="m",
-                    gpu_indices=[0],
-                    created_at=now,
-                    last_seen_at=now,
-                )
-            ).inserted_primary_key[0]
+        node = Node(
+            node_id="n", hostname="n", agent_version="t", first_seen_at=now, last_seen_at=now
         )
+        db.add(node)
+        db.flush()
+        instance = Instance(
+            node_pk=node.id,
+            name="vllm-0",
+            engine="vllm",
+            metrics_url="http://x/metrics",
+            model_name="m",
+            gpu_indices=[0],
+            created_at=now,
+            last_seen_at=now,
+        )
+        db.add(instance)
+        db.flush()
+        return instance.id
 
 
 def _decision(instance_id: int, n: int, **extra: Any) -> dict[str, Any]:
