@@ -1,0 +1,230 @@
+"""Every field an agent sends has a range: out of it, a clear error naming the field.
+
+The other windows of the same message are still decided, nothing internal (SQL, stack
+traces) reaches the agent, and no policy lowers a clock on a window whose load or
+energy is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+
+from agft.v1 import agent_pb2 as pb
+from tests.helpers.raw_agent import RawStream, hello, window
+from tests.helpers.running import running_server
+
+NOW = 1_780_000_000.0
+
+
+async def _decisions(http_url: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(base_url=http_url) as client:
+        instances = (await client.get("/api/v1/instances")).json()
+        page = (await client.get(f"/api/v1/instances/{instances[0]['id']}/decisions")).json()
+        return page["items"]  # type: ignore[no-any-return]
+
+
+async def _wait_for(http_url: str, count: int) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    for _ in range(100):
+        items = await _decisions(http_url)
+        if len(items) >= count:
+            return items
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} decisions, have {len(items)}")
+
+
+async def _drain(stream: RawStream, wait_s: float = 0.3) -> list[pb.ServerMessage]:
+    seen = []
+    while True:
+        try:
+            seen.append(await stream.read(wait_s))
+        except TimeoutError:
+            return seen
+
+
+async def test_out_of_range_windows_are_refused_and_their_neighbours_decided(
+    database_url: str,
+) -> None:
+    async with running_server(database_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(hello=hello())
+            assert (await stream.read()).WhichOneof("body") == "welcome"
+
+            # A start in the year 33658 once dropped the good window sent beside it.
+            seq = stream.send(
+                telemetry=pb.Telemetry(windows=[window(start=1e12), window(start=NOW)])
+            )
+            err = (await stream.read_kind("error")).error
+            assert (err.seq, err.code) == (seq, "invalid_value")
+            assert "window_start_s" in err.message and "2100" in err.message
+            await _wait_for(srv.http_url, 1)
+
+            # 1e308 tokens over 1-2 ms passed validation and became infinity in a JSON column.
+            huge = window(start=NOW + 1, energy_j=0.5)
+            huge.serving.generation_tokens = 1e308
+            huge.window_end_s = huge.window_start_s + 0.002
+            stream.send(telemetry=pb.Telemetry(windows=[huge]))
+            err = (await stream.read_kind("error")).error
+            assert "serving.generation_tokens" in err.message and "at most" in err.message
+
+            over = window(start=NOW + 2, energy_j=50_000.0)  # 50 kJ in 1 s: 50 kW
+            stream.send(telemetry=pb.Telemetry(windows=[over]))
+            err = (await stream.read_kind("error")).error
+            assert "energy_j" in err.message
+
+            bad_clock = window(start=NOW + 3)
+            bad_clock.gpus[0].sm_clock_mhz = 4_000_000_000
+            stream.send(telemetry=pb.Telemetry(windows=[bad_clock]))
+            err = (await stream.read_kind("error")).error
+            assert "sm_clock_mhz" in err.message
+
+            bad_id = window(start=NOW + 4)
+            bad_id.command_id = "x" * 65
+            stream.send(telemetry=pb.Telemetry(windows=[bad_id]))
+            err = (await stream.read_kind("error")).error
+            assert "command_id" in err.message and "at most 64" in err.message
+
+            stream.send(telemetry=pb.Telemetry(windows=[window(start=NOW + 5)]))
+            items = await _wait_for(srv.http_url, 2)
+            assert len(items) == 2  # the two good windows, nothing else
+        finally:
+            await stream.close()
+
+
+async def test_an_ack_with_a_nul_byte_is_stored_and_persistence_goes_on(
+    database_url: str,
+) -> None:
+    async with running_server(database_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(hello=hello())
+            await stream.read_kind("welcome")
+            stream.send(telemetry=pb.Telemetry(windows=[window(start=NOW)]))
+            command = (await stream.read_kind("reset_clocks")).reset_clocks
+            stream.send(
+                ack=pb.CommandAck(
+                    command_id=command.command_id,
+                    instance="vllm-0",
+                    ok=False,
+                    error="nvml said \x00 no",
+                )
+            )
+            for n in range(1, 4):
+                stream.send(telemetry=pb.Telemetry(windows=[window(start=NOW + n)]))
+            await _wait_for(srv.http_url, 4)
+            await srv.app.state.writer.flush()
+            async with httpx.AsyncClient(base_url=srv.http_url) as client:
+                health = (await client.get("/healthz")).json()
+            assert health["status"] == "ok" and health["rows_set_aside"] == 0
+        finally:
+            await stream.close()
+        from sqlalchemy import select
+
+        from server.store.models import ClockCommand
+
+        with srv.app.state.session_factory() as db:
+            row = db.scalar(select(ClockCommand).where(ClockCommand.id == command.command_id))
+        assert row is not None and row.ack_ok is False
+        assert row.ack_error == "nvml said ? no"
+
+
+@pytest.mark.parametrize(
+    ("field", "change", "words"),
+    [
+        ("node_id", lambda h: setattr(h, "node_id", "n" * 300), "at most 255"),
+        ("node_id", lambda h: setattr(h, "node_id", "bad\x00id"), "control characters"),
+        (
+            "gpus[0].power_limit_mw",
+            lambda h: setattr(h.gpus[0], "power_limit_mw", 3_000_000_000),
+            "100 kW",
+        ),
+        (".index=4000000000", lambda h: setattr(h.gpus[0], "index", 4_000_000_000), "at most"),
+        (
+            "instances[vllm-0].metrics_url",
+            lambda h: setattr(h.instances[0], "metrics_url", "http://x/" + "m" * 2000),
+            "at most 1024",
+        ),
+        (
+            "gpus[0].supported_sm_clocks_mhz",
+            lambda h: h.gpus[0].supported_sm_clocks_mhz.append(4_000_000_000),
+            "MHz",
+        ),
+    ],
+)
+async def test_a_hello_out_of_range_is_refused_naming_the_field(
+    sqlite_url: str, field: str, change: object, words: str
+) -> None:
+    async with running_server(sqlite_url) as srv:
+        stream = RawStream(srv.grpc_address)
+        bad = hello()
+        assert callable(change)
+        change(bad)
+        try:
+            stream.send(hello=bad)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+        finally:
+            await stream.close()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = refused.value.details() or ""
+        assert field in details and words in details
+        assert "SQL" not in details and "sqlalchemy" not in details.lower()
+
+
+def _starved(start: float, case: str) -> pb.InstanceWindow:
+    """A window of a loaded instance with one thing unknown."""
+    w = window(start=start, num_requests_waiting=0, kv_cache_usage=0.2)
+    if case == "energy unknown":
+        w.gpus[0].ClearField("energy_j")
+        w.gpus[0].ClearField("avg_power_w")
+    elif case == "one gauge only":
+        w.serving.ClearField("num_requests_waiting")
+        w.serving.ClearField("kv_cache_usage")
+    elif case == "metrics down":
+        w.serving.CopyFrom(pb.ServingWindow(available=False, error="ConnectError"))
+    return w
+
+
+@pytest.mark.parametrize("case", ["energy unknown", "one gauge only", "metrics down"])
+@pytest.mark.parametrize(
+    ("policy", "extra"),
+    [("rule", {}), ("static", {"static_clock_mhz": 1200}), ("agft", {}), ("agft-paper", {})],
+)
+async def test_no_policy_lowers_a_clock_on_unknown_telemetry(
+    sqlite_url: str, policy: str, extra: dict[str, object], case: str
+) -> None:
+    async with running_server(sqlite_url, policy=policy, **extra) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(hello=hello())
+            await stream.read_kind("welcome")
+            for n in range(12):
+                stream.send(telemetry=pb.Telemetry(windows=[_starved(NOW + n, case)]))
+            items = await _wait_for(srv.http_url, 12)
+            seen = await _drain(stream)
+        finally:
+            await stream.close()
+    kinds = [m.WhichOneof("body") for m in seen]
+    assert "set_clocks" not in kinds, kinds
+    assert all(item["clock_chosen_mhz"] is None for item in items)
+    if policy in ("rule", "static"):  # these would lower at once on complete telemetry
+        assert all("unknown" in str(item["reason"]) for item in items)
+
+
+async def test_the_guard_does_not_stop_a_policy_on_complete_telemetry(sqlite_url: str) -> None:
+    """The same static policy does lower its clock once the window is complete."""
+    async with running_server(sqlite_url, policy="static", static_clock_mhz=1200) as srv:
+        stream = RawStream(srv.grpc_address)
+        try:
+            stream.send(hello=hello())
+            await stream.read_kind("welcome")
+            stream.send(telemetry=pb.Telemetry(windows=[_starved(NOW, "complete")]))
+            command = (await stream.read_kind("set_clocks")).set_clocks
+        finally:
+            await stream.close()
+    assert command.max_sm_clock_mhz == 1200
