@@ -8,6 +8,7 @@ energy is unknown.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import httpx
@@ -196,7 +197,7 @@ def _starved(start: float, case: str) -> pb.InstanceWindow:
     [("rule", {}), ("static", {"static_clock_mhz": 1200}), ("agft", {}), ("agft-paper", {})],
 )
 async def test_no_policy_lowers_a_clock_on_unknown_telemetry(
-    sqlite_url: str, policy: str, extra: dict[str, object], case: str
+    sqlite_url: str, policy: str, extra: dict[str, Any], case: str
 ) -> None:
     async with running_server(sqlite_url, policy=policy, **extra) as srv:
         stream = RawStream(srv.grpc_address)
