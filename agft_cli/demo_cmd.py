@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 
 import uvicorn
@@ -13,6 +14,7 @@ from agft_cli.server_cmd import settings_from_args
 from agft_cli.simnode import agent_config_for, start_sim_node
 from node_agent.agent import Agent
 from server.app import create_app
+from server.auth.store import create_node_token
 from sim.node import SimulatedNode
 
 
@@ -38,13 +40,18 @@ async def _demo(args: argparse.Namespace) -> None:
             start_sim_node, args, name, args.instances_per_node, args.seed + n
         )
         nodes.append(node)
-        agents.append(Agent(agent_config_for(node, grpc_address, name), node.backend))
+        # Closed by default, the demo too: each simulated node gets its own token.
+        _, token = create_node_token(app.state.session_factory, name)
+        config = dataclasses.replace(agent_config_for(node, grpc_address, name), token=token)
+        agents.append(Agent(config, node.backend))
     agent_tasks = [asyncio.create_task(a.run()) for a in agents]
     print(
         f"AGFT demo: dashboard http://{settings.http_host}:{settings.http_port}/  "
         f"API http://{settings.http_host}:{settings.http_port}/docs  "
         f"gRPC {grpc_address}  ({args.nodes} simulated nodes x {args.instances_per_node} "
-        f"instances, {args.gpu}/{args.model}, database {settings.database_url})",
+        f"instances, {args.gpu}/{args.model}, database {settings.database_url}); "
+        "agents authenticate with node tokens; the stream is plaintext on loopback "
+        "(see docs/DEPLOY.md for TLS)",
         flush=True,
     )
 

@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             window_s=settings.window_s,
             lease_s=settings.lease_s,
             server_version=server_version(),
+            state_save_interval_s=settings.state_save_interval_s,
         )
+        fleet.start()
         grpc_server = grpc.aio.server()
         add_to_server(AgentLinkServicer(fleet), grpc_server)
         health_servicer = health.aio.HealthServicer()
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in list(fleet.sessions.values()):
                 session.close()
             await grpc_server.stop(grace=1.0)
+            await fleet.stop()
             await writer.stop(timeout_s=settings.persist_shutdown_s)
             engine.dispose()
 

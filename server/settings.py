@@ -47,3 +47,6 @@ class Settings(BaseSettings):
         default="agft-unwritten.jsonl",
         description="rows still unwritten at shutdown are appended here (empty: log only)",
     )
+    state_save_interval_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0, description="how often learned states are saved"
+    )

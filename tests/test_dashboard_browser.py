@@ -46,7 +46,7 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
     sqlite_url: str, browser: Browser
 ) -> None:
     async with running_server(sqlite_url, static_clock_mhz=1410) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("browser-node"))
         try:
             stream.send(hello=hello("browser-node", instances=2))
             await stream.read_kind("welcome")

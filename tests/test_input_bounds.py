@@ -51,7 +51,7 @@ async def test_out_of_range_windows_are_refused_and_their_neighbours_decided(
     database_url: str,
 ) -> None:
     async with running_server(database_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(hello=hello())
             assert (await stream.read()).WhichOneof("body") == "welcome"
@@ -101,7 +101,7 @@ async def test_an_ack_with_a_nul_byte_is_stored_and_persistence_goes_on(
     database_url: str,
 ) -> None:
     async with running_server(database_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(hello=hello())
             await stream.read_kind("welcome")
@@ -161,7 +161,7 @@ async def test_a_hello_out_of_range_is_refused_naming_the_field(
     sqlite_url: str, field: str, change: object, words: str
 ) -> None:
     async with running_server(sqlite_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         bad = hello()
         assert callable(change)
         change(bad)
@@ -200,7 +200,7 @@ async def test_no_policy_lowers_a_clock_on_unknown_telemetry(
     sqlite_url: str, policy: str, extra: dict[str, Any], case: str
 ) -> None:
     async with running_server(sqlite_url, policy=policy, **extra) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(hello=hello())
             await stream.read_kind("welcome")
@@ -220,7 +220,7 @@ async def test_no_policy_lowers_a_clock_on_unknown_telemetry(
 async def test_the_guard_does_not_stop_a_policy_on_complete_telemetry(sqlite_url: str) -> None:
     """The same static policy does lower its clock once the window is complete."""
     async with running_server(sqlite_url, policy="static", static_clock_mhz=1200) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(hello=hello())
             await stream.read_kind("welcome")

@@ -30,7 +30,7 @@ def _rows(database_url: str) -> tuple[list[Decision], list[ClockCommand]]:
 async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None:
     async with (
         running_server(database_url, window_s=0.2, lease_s=2.0, static_clock_mhz=FIXED_MHZ) as srv,
-        running_agent(srv.grpc_address) as ra,
+        running_agent(srv) as ra,
     ):
 
         async def enough() -> bool:
@@ -86,7 +86,7 @@ async def test_agent_stop_resets_clocks(sqlite_url: str) -> None:
     async with running_server(
         sqlite_url, window_s=0.2, lease_s=5.0, static_clock_mhz=FIXED_MHZ
     ) as srv:
-        async with running_agent(srv.grpc_address) as ra:
+        async with running_agent(srv) as ra:
             await eventually(
                 lambda: ra.node.backend.locked_sm_clocks_mhz(0) is not None, 10, "lock"
             )
@@ -100,7 +100,7 @@ async def test_lease_expires_when_the_server_stops_renewing(sqlite_url: str) -> 
         running_server(
             sqlite_url, window_s=0.2, lease_s=lease_s, static_clock_mhz=FIXED_MHZ
         ) as srv,
-        running_agent(srv.grpc_address) as ra,
+        running_agent(srv) as ra,
     ):
         backend = ra.node.backend
         await eventually(lambda: backend.locked_sm_clocks_mhz(0) is not None, 10, "lock")
@@ -122,8 +122,7 @@ async def test_lease_expires_when_the_server_goes_away(sqlite_url: str) -> None:
     async with running_server(
         sqlite_url, window_s=0.2, lease_s=lease_s, static_clock_mhz=FIXED_MHZ
     ) as srv:
-        address = srv.grpc_address
-        ra_cm = running_agent(address)
+        ra_cm = running_agent(srv)
         ra = await ra_cm.__aenter__()
         try:
             await eventually(
@@ -145,7 +144,7 @@ async def test_agent_reconnects_after_server_restart(sqlite_url: str) -> None:
     port = free_port()
     settings = {"window_s": 0.2, "lease_s": 3.0, "static_clock_mhz": FIXED_MHZ}
     async with running_server(sqlite_url, grpc_port=port, **settings) as srv:
-        ra_cm = running_agent(srv.grpc_address)
+        ra_cm = running_agent(srv)
         ra = await ra_cm.__aenter__()
         await eventually(lambda: ra.agent.windows_sent >= 4, 10, "first session windows")
     try:

@@ -30,7 +30,7 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
     port = free_port()
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
     async with running_server(database_url, grpc_port=port, **settings) as srv:
-        ra_cm = running_agent(srv.grpc_address, instances=1)
+        ra_cm = running_agent(srv, instances=1)
         await ra_cm.__aenter__()
         await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
         await eventually(lambda: _windows(srv.app) >= 15, 20, "15 windows learned")
@@ -52,7 +52,7 @@ async def test_corrupt_saved_state_starts_fresh_instead_of_failing(sqlite_url: s
     settings = {"window_s": 0.1, "lease_s": 3.0, "policy": "agft"}
     async with (
         running_server(sqlite_url, grpc_port=port, **settings) as srv,
-        running_agent(srv.grpc_address, instances=1),
+        running_agent(srv, instances=1),
     ):
         await eventually(lambda: srv.app.state.fleet.sessions, 10, "agent connected")
         await eventually(lambda: _windows(srv.app) >= 3, 20, "a few windows")
@@ -62,7 +62,7 @@ async def test_corrupt_saved_state_starts_fresh_instead_of_failing(sqlite_url: s
     engine.dispose()
     async with (
         running_server(sqlite_url, grpc_port=port, **settings) as srv,
-        running_agent(srv.grpc_address, instances=1) as ra,
+        running_agent(srv, instances=1) as ra,
     ):
         await eventually(lambda: ra.agent.acks_sent + ra.agent.windows_sent > 3, 20, "loop")
         assert srv.app.state.fleet.sessions

@@ -31,7 +31,7 @@ async def _wait_for_decisions(http_url: str, count: int) -> list[dict[str, objec
 
 async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str) -> None:
     async with running_server(database_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(hello=hello())
             assert (await stream.read()).WhichOneof("body") == "welcome"
@@ -88,7 +88,7 @@ async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str
 
 async def test_first_message_must_be_hello(sqlite_url: str) -> None:
     async with running_server(sqlite_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         try:
             stream.send(telemetry=pb.Telemetry(windows=[window()]))
             try:
@@ -103,7 +103,7 @@ async def test_first_message_must_be_hello(sqlite_url: str) -> None:
 
 async def test_invalid_hello_is_refused_clearly(sqlite_url: str) -> None:
     async with running_server(sqlite_url) as srv:
-        stream = RawStream(srv.grpc_address)
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
         bad = hello()
         bad.instances[0].gpu_indices[:] = [7]
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ class InstanceRuntime:
     last_sent_clock_mhz: int | None = None
     told_anything: bool = False
     decisions: int = 0
+    decisions_saved: int = 0  # how many decisions the last saved state covers
 
 
 @dataclass(slots=True)
@@ -32,6 +34,15 @@ class AgentSession:
     # Commands sent and not yet acknowledged, so an ack can be checked (bounded).
     pending: OrderedDict[str, str] = field(default_factory=OrderedDict)
     pending_limit: int = 10_000
+    token_id: str = ""  # the node token this stream authenticated with
+    peer: str = ""
+    last_message_at: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_message_at = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_message_at
 
     def remember_command(self, command_id: str, instance: str) -> None:
         self.pending[command_id] = instance

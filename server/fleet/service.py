@@ -7,6 +7,7 @@ fast, persistence is enqueued to the batch writer, registration runs in a thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from agft.v1 import agent_pb2 as pb
+from server.auth.store import TokenInfo, revoked_among
 from server.control.policy import ClockArms, Policy
 from server.fleet import validation
 from server.fleet.decider import decide_window
@@ -29,6 +31,15 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "the server failed to handle this message; the details are in its log"
 
 
+class NodeRefusedError(Exception):
+    """Hello from a node this stream may not speak for; code is a grpc.StatusCode name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class FleetService:
     def __init__(
         self,
@@ -40,8 +51,11 @@ class FleetService:
         lease_s: float,
         server_version: str,
         state_save_every: int = 30,
+        state_save_interval_s: float = 5.0,
     ) -> None:
         self.state_save_every = state_save_every
+        self.state_save_interval_s = state_save_interval_s
+        self._saver: asyncio.Task[None] | None = None
         self._factory = factory
         self._writer = writer
         self._policy_factory = policy_factory
@@ -51,9 +65,82 @@ class FleetService:
         self.server_version = server_version
         self.sessions: dict[str, AgentSession] = {}
 
+    # ---- background work -------------------------------------------------------------
+    def start(self) -> None:
+        self._saver = asyncio.create_task(self._save_states_periodically(), name="agft-states")
+
+    async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+        self.save_all_states()
+
+    async def _save_states_periodically(self) -> None:
+        # A crash (SIGKILL, power loss) must cost at most one interval of learning, not
+        # everything since the last 30 decisions of each instance.
+        while True:
+            await asyncio.sleep(self.state_save_interval_s)
+            try:
+                self.save_all_states()
+                await self.close_revoked_sessions()
+            except Exception:  # never die quietly: log and try again next interval
+                log.exception("periodic fleet upkeep failed")
+
+    async def close_revoked_sessions(self) -> int:
+        """End the streams whose node token was revoked since they connected."""
+        by_token = {s.token_id: s for s in self.sessions.values() if s.token_id}
+        revoked = await asyncio.to_thread(revoked_among, self._factory, list(by_token))
+        for token_id in revoked:
+            session = by_token[token_id]
+            log.warning("node %s: its token %s was revoked; closing", session.node_id, token_id)
+            session.close()
+        return len(revoked)
+
+    def save_all_states(self) -> int:
+        """Enqueue the state of every instance that decided since its last save (one batch)."""
+        saved = 0
+        for session in list(self.sessions.values()):
+            for runtime in session.instances.values():
+                if runtime.decisions > runtime.decisions_saved:
+                    self._save_state(runtime)
+                    saved += 1
+        return saved
+
     # ---- connection lifecycle ------------------------------------------------------
-    async def hello(self, hello: pb.Hello) -> AgentSession:
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        return self._factory
+
+    def _check_owner(self, hello: pb.Hello, token: TokenInfo, peer: str) -> None:
+        if token.node_id != hello.node_id:
+            raise NodeRefusedError(
+                "PERMISSION_DENIED",
+                f"this token belongs to node {token.node_id!r}, not {hello.node_id!r}",
+            )
+        current = self.sessions.get(hello.node_id)
+        # A live stream keeps its node: a second agent with the same id (a copied config,
+        # a leaked token) is refused instead of the two kicking each other off. A stream
+        # gone quiet for a few windows is presumed dead and gives way.
+        if current is not None and current.silent_for() < self.takeover_after_s:
+            raise NodeRefusedError(
+                "ALREADY_EXISTS",
+                f"node {hello.node_id!r} is already connected from {current.peer or 'elsewhere'}"
+                f" (last message {current.silent_for():.1f} s ago); a second agent with the"
+                " same node id is refused",
+            )
+
+    @property
+    def takeover_after_s(self) -> float:
+        return max(5.0, 3 * self.window_s)
+
+    async def hello(
+        self, hello: pb.Hello, token: TokenInfo | None = None, peer: str = ""
+    ) -> AgentSession:
         validation.check_hello(hello)
+        if token is not None:
+            self._check_owner(hello, token, peer)
         registered = await asyncio.to_thread(register_hello, self._factory, hello)
         saved = await asyncio.to_thread(
             load_policy_states,
@@ -92,9 +179,11 @@ class FleetService:
                 policy=policy,
             )
         session = AgentSession(hello.node_id, registered.node_pk, instances)
+        session.token_id = token.token_id if token is not None else ""
+        session.peer = peer
         previous = self.sessions.get(hello.node_id)
         if previous is not None:
-            # The same node reconnected before its old stream ended: the new one wins.
+            # The old stream went quiet (checked above): the reconnected agent wins.
             previous.close()
         self.sessions[hello.node_id] = session
         session.send(
@@ -151,6 +240,7 @@ class FleetService:
     def _save_state(self, runtime: InstanceRuntime) -> None:
         if runtime.decisions == 0:
             return
+        runtime.decisions_saved = runtime.decisions
         self._writer.add_policy_state(
             {
                 "instance_id": runtime.instance_id,

@@ -15,8 +15,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from agft.v1 import agent_pb2 as pb
+from server.auth.store import AuthError, TokenInfo, verify
+from server.auth.tokens import bearer
 from server.fleet.runtime import AgentSession
-from server.fleet.service import INTERNAL_ERROR, FleetService
+from server.fleet.service import INTERNAL_ERROR, FleetService, NodeRefusedError
 from server.fleet.validation import InvalidMessageError
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,16 @@ class AgentLinkServicer:
     async def connect(
         self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any
     ) -> AsyncIterator[pb.ServerMessage]:
-        session = await self._handshake(requests, context)
+        # Closed by default: no valid node token, no stream (nothing is read before this).
+        try:
+            token = await asyncio.to_thread(
+                verify, self._fleet.factory, bearer(context.invocation_metadata()), "node"
+            )
+        except AuthError as err:
+            log.warning("refused agent stream from %s: %s", context.peer(), err)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+            return
+        session = await self._handshake(requests, context, token)
         if session is None:
             return
         reader = asyncio.create_task(self._read(requests, session))
@@ -62,7 +73,7 @@ class AgentLinkServicer:
             await self._fleet.disconnect(session)
 
     async def _handshake(
-        self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any
+        self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any, token: TokenInfo
     ) -> AgentSession | None:
         async for first in requests:
             if isinstance(first, Malformed) or first.WhichOneof("body") != "hello":
@@ -71,7 +82,11 @@ class AgentLinkServicer:
                 )
                 return None
             try:
-                return await self._fleet.hello(first.hello)
+                return await self._fleet.hello(first.hello, token, str(context.peer()))
+            except NodeRefusedError as err:
+                log.warning("refused Hello from %s: %s", context.peer(), err.message)
+                await context.abort(getattr(grpc.StatusCode, err.code), err.message)
+                return None
             except InvalidMessageError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{err.code}: {err.message}")
                 return None
@@ -87,6 +102,7 @@ class AgentLinkServicer:
     ) -> None:
         try:
             async for msg in requests:
+                session.touch()
                 self._dispatch(session, msg)
         except asyncio.CancelledError:
             raise

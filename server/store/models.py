@@ -175,3 +175,20 @@ class PersistFailure(Base):
     error: Mapped[str] = mapped_column(String(1024))
     payload: Mapped[str] = mapped_column(Text)  # the row as JSON text, made storable
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Token(Base):
+    """A bearer token (node agents; API clients). Only the secret's SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_node_id", "node_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public token id
+    kind: Mapped[str] = mapped_column(String(16))  # "node" or "api"
+    node_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # kind node
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)  # kind api
+    name: Mapped[str] = mapped_column(String(255))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

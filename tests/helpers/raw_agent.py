@@ -64,7 +64,7 @@ def window(
 
 
 class RawStream:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._seq = 0
@@ -73,7 +73,8 @@ class RawStream:
             request_serializer=lambda b: b,
             response_deserializer=pb.ServerMessage.FromString,
         )
-        self.call = method(self._requests())
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.call = method(self._requests(), metadata=metadata)
 
     async def _requests(self) -> AsyncIterator[bytes]:
         while True:

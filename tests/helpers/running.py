@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.app import create_app
+from server.auth.store import create_node_token
 from server.settings import Settings
 
 
@@ -21,6 +22,11 @@ class RunningServer:
     http_url: str
     grpc_address: str
     settings: Settings
+
+    def node_token(self, node_id: str) -> str:
+        """A fresh node token, as `agft node-token create NODE_ID` would print it."""
+        _, plaintext = create_node_token(self.app.state.session_factory, node_id)
+        return plaintext
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from node_agent.agent import Agent
 from node_agent.config import AgentConfig
 from sim.node import SimulatedNode
 from sim.workload import TraceWorkload, shipped_trace_path
+from tests.helpers.running import RunningServer
 
 
 def sim_node(name: str = "test-node", instances: int = 2, rate_scale: float = 1.0) -> SimulatedNode:
@@ -50,10 +51,14 @@ class RunningAgent:
 
 @asynccontextmanager
 async def running_agent(
-    server: str, name: str = "test-node", instances: int = 2
+    server: RunningServer, name: str = "test-node", instances: int = 2
 ) -> AsyncIterator[RunningAgent]:
+    """A simulated node and its agent, with a node token the server just made for it."""
     node = await asyncio.to_thread(sim_node, name, instances)
-    agent = Agent(agent_config(node, server, name), node.backend)
+    config = dataclasses.replace(
+        agent_config(node, server.grpc_address, name), token=server.node_token(name)
+    )
+    agent = Agent(config, node.backend)
     task = asyncio.create_task(agent.run())
     try:
         yield RunningAgent(agent, node, task)
