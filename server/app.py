@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,6 +32,46 @@ def server_version() -> str:
         return version("agft")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise RuntimeError(f"cannot read the gRPC {what} {path}: {err.strerror or err}") from None
+
+
+def bind_grpc(grpc_server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen with TLS when a certificate is configured; plaintext otherwise (loopback)."""
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    cert, key = settings.grpc_tls_cert_file, settings.grpc_tls_key_file
+    if bool(cert) != bool(key):
+        raise RuntimeError("AGFT_GRPC_TLS_CERT_FILE and AGFT_GRPC_TLS_KEY_FILE go together")
+    if cert and key:
+        client_ca = settings.grpc_tls_client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
+            root_certificates=_read(client_ca, "client CA") if client_ca else None,
+            require_client_auth=bool(client_ca),
+        )
+        return _bound(lambda: grpc_server.add_secure_port(address, credentials), address)
+    if settings.grpc_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "gRPC on %s without TLS: node tokens cross the network in clear; set "
+            "AGFT_GRPC_TLS_CERT_FILE and AGFT_GRPC_TLS_KEY_FILE",
+            address,
+        )
+    return _bound(lambda: grpc_server.add_insecure_port(address), address)
+
+
+def _bound(bind: Callable[[], int], address: str) -> int:
+    try:
+        return int(bind())
+    except RuntimeError:
+        raise RuntimeError(
+            f"cannot listen for agents on {address}: the address is in use (another AGFT "
+            "server?) or not available on this host"
+        ) from None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,11 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state_save_interval_s=settings.state_save_interval_s,
         )
         fleet.start()
-        grpc_server = grpc.aio.server()
+        # No SO_REUSEPORT: a second server on the same port must fail, not split the agents.
+        grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_to_server(AgentLinkServicer(fleet), grpc_server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-        port = grpc_server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        port = bind_grpc(grpc_server, settings)
         if port == 0:
             raise RuntimeError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
         await grpc_server.start()

@@ -50,3 +50,11 @@ class Settings(BaseSettings):
     state_save_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="how often learned states are saved"
     )
+    grpc_tls_cert_file: str | None = Field(
+        default=None, description="PEM certificate (chain) of the gRPC endpoint; enables TLS"
+    )
+    grpc_tls_key_file: str | None = Field(default=None, description="PEM private key for it")
+    grpc_tls_client_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA of agent certificates: when set, agents need one (mutual TLS)",
+    )
