@@ -64,25 +64,51 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser(
         "agent",
         help="run a node agent",
-        description="Run the node agent: stream GPU and serving telemetry, apply clock commands.",
+        description="Run the node agent: stream GPU and serving telemetry, apply clock commands. "
+        "Settings come from a TOML file (--config; every key in deploy/agent.example.toml), "
+        "then AGFT_AGENT_<KEY> environment variables (e.g. AGFT_AGENT_NODE_ID; the node token "
+        "only as AGFT_AGENT_TOKEN or token_file), then these flags. "
+        "Exit status: 0 ok, 1 the check found problems or the agent stopped on an error, "
+        "2 the configuration is wrong.",
     )
     agent.add_argument(
-        "--server", default=None, help="server gRPC address host:port (default 127.0.0.1:50051)"
+        "--server",
+        default=None,
+        help="server gRPC address host:port (AGFT_AGENT_SERVER, default 127.0.0.1:50051)",
     )
-    agent.add_argument("--node-id", help="node identity (default: hostname)")
-    agent.add_argument("--config", help="JSON agent config file (server, node_id, instances)")
+    agent.add_argument("--node-id", help="node identity (AGFT_AGENT_NODE_ID, default: hostname)")
+    agent.add_argument(
+        "--config",
+        metavar="FILE",
+        help="agent config file, TOML (see deploy/agent.example.toml)",
+    )
     agent.add_argument(
         "--instance",
         action="append",
         default=[],
         metavar="SPEC",
-        help="serving instance: name=vllm-0,url=http://HOST:PORT/metrics,gpus=0+1[,engine=vllm][,model=ID]",
+        help="serving instance (added to the config file's): "
+        "name=vllm-0,url=http://HOST:PORT/metrics,gpus=0+1[,engine=vllm][,model=ID]",
     )
     agent.add_argument(
         "--backend",
         choices=("nvml", "sim"),
         default="nvml",
         help="GPU backend: real NVML, or a simulated GPU serving node (its instances are implied)",
+    )
+    agent.add_argument(
+        "--check",
+        action="store_true",
+        help="check this node instead of running: read every NVML value the agent uses, "
+        "scrape each serving endpoint once, check the token and TLS files; changes nothing; "
+        "exit 0 when the agent has what it needs",
+    )
+    agent.add_argument(
+        "--observe-s",
+        type=float,
+        metavar="N",
+        help="with --check (implied): then run the real agent observe-only (every clock write "
+        "refused) for N seconds, and exit",
     )
     agent.add_argument(
         "--sim-instances", type=int, default=2, help="instances on the simulated node"
