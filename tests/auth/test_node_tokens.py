@@ -21,11 +21,14 @@ NOW = 1_780_000_000.0
 
 
 async def _refused(
-    srv: RunningServer, token: str | None, node_id: str = "raw-node"
+    srv: RunningServer, token: str | None, node_id: str = "raw-node", *, send_hello: bool = True
 ) -> grpc.aio.AioRpcError:
+    """The status a stream ends with. A token refusal comes before any message is read,
+    so those streams send nothing (a Hello racing the refusal fails on the client side)."""
     stream = RawStream(srv.grpc_address, token)
     try:
-        stream.send(hello=hello(node_id))
+        if send_hello:
+            stream.send(hello=hello(node_id))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stream.read()
         return refused.value
@@ -47,21 +50,21 @@ def test_a_token_is_random_parsable_and_stored_only_as_a_hash(sqlite_url: str) -
 
 async def test_no_unknown_or_revoked_token_gets_a_stream(sqlite_url: str) -> None:
     async with running_server(sqlite_url) as srv:
-        missing = await _refused(srv, None)
+        missing = await _refused(srv, None, send_hello=False)
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "no node token" in (missing.details() or "")
 
         good = srv.node_token("raw-node")
         forged = good[:-4] + ("aaaa" if not good.endswith("aaaa") else "bbbb")
-        wrong_secret = await _refused(srv, forged)
+        wrong_secret = await _refused(srv, forged, send_hello=False)
         assert wrong_secret.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "unknown node token" in (wrong_secret.details() or "")
 
-        garbage = await _refused(srv, "hunter2")
+        garbage = await _refused(srv, "hunter2", send_hello=False)
         assert "not an AGFT token" in (garbage.details() or "")
 
         revoke(srv.app.state.session_factory, "raw-node")
-        revoked = await _refused(srv, good)
+        revoked = await _refused(srv, good, send_hello=False)
         assert revoked.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in (revoked.details() or "")
 
