@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="simulator tools: sweep, calibrate, replay, profiles")
     sub.add_parser("bench", help="benchmark policies on traces in simulated time")
 
+    from agft_cli.token_cmd import add_parser as add_token_parser
+
+    add_token_parser(sub)
+
     sub.add_parser(
         "migrate",
         help="apply database migrations (alembic upgrade head)",
@@ -168,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agft_cli.demo_cmd import run_demo
 
         return run_demo(args)
+    if args.command == "node-token":
+        from agft_cli.token_cmd import run_node_token
+
+        return run_node_token(args)
     if args.command == "migrate":
         from server.settings import Settings
         from server.store.migrate import upgrade_to_head
