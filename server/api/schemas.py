@@ -53,6 +53,7 @@ class InstanceOut(BaseModel):
     gpu_indices: list[int]
     connected: bool
     last_seen_at: UtcDatetime
+    monitor_only_reason: str | None = None  # set: decided for, never commanded
 
 
 class DecisionOut(BaseModel):

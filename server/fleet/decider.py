@@ -69,7 +69,18 @@ def decide_window(
         decision = ClockDecision(
             None, "policy chose an unsupported clock; default", decision.features
         )
-    command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
+    if runtime.monitor_only:
+        # Decided and recorded (what we would do), never sent: the agent cannot lock
+        # these GPUs, and asking again would only make it refuse again.
+        command, command_row = None, None
+        decision = ClockDecision(
+            decision.sm_clock_mhz,
+            f"monitor-only ({runtime.monitor_only_reason}); would: {decision.reason}",
+            decision.features,
+            decision.reward,
+        )
+    else:
+        command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
     runtime.decisions += 1
     serving = obs.serving
     row = {

@@ -23,6 +23,12 @@ class InstanceRuntime:
     told_anything: bool = False
     decisions: int = 0
     decisions_saved: int = 0  # how many decisions the last saved state covers
+    # GPU index -> why the agent cannot lock it; any entry makes the instance monitor-only.
+    monitor_only: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def monitor_only_reason(self) -> str:
+        return "; ".join(f"GPU {i}: {r}" for i, r in sorted(self.monitor_only.items()))
 
 
 @dataclass(slots=True)

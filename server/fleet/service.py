@@ -22,7 +22,7 @@ from server.fleet.decider import decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
 from server.fleet.validation import InvalidMessageError
 from server.store.policy_states import load_policy_states
-from server.store.registration import mark_disconnected, register_hello
+from server.store.registration import mark_disconnected, register_hello, set_monitor_only
 from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,9 @@ class FleetService:
                 gpu_indices=tuple(inst.gpu_indices),
                 arms=arms,
                 policy=policy,
+                monitor_only={
+                    g.index: g.monitor_only_reason for g in group if g.monitor_only_reason
+                },
             )
         session = AgentSession(hello.node_id, registered.node_pk, instances)
         session.token_id = token.token_id if token is not None else ""
@@ -250,6 +253,47 @@ class FleetService:
                 "updated_at": datetime.now(UTC),
             }
         )
+
+    # ---- controllability ------------------------------------------------------------
+    async def control_status(
+        self, session: AgentSession, seq: int, status: pb.ControlStatus
+    ) -> None:
+        """The agent says GPUs became monitor-only (or controllable again) after Hello."""
+        changed: dict[int, str | None] = {}
+        known = {i for r in session.instances.values() for i in r.gpu_indices}
+        for gpu in status.gpus:
+            if gpu.index not in known:
+                session.send(
+                    self.error(seq, "unknown_gpu", f"gpu index {gpu.index} is not in Hello")
+                )
+                return
+            try:
+                reason = validation.text("monitor_only_reason", gpu.monitor_only_reason, 1024)
+            except InvalidMessageError as err:
+                session.send(self.error(seq, err.code, err.message))
+                return
+            for runtime in session.instances.values():
+                if gpu.index not in runtime.gpu_indices:
+                    continue
+                if reason:
+                    runtime.monitor_only[gpu.index] = reason
+                else:
+                    runtime.monitor_only.pop(gpu.index, None)
+                    # Nothing we sent before holds any more: start from a clean slate.
+                    runtime.told_anything = False
+                changed[runtime.instance_id] = runtime.monitor_only_reason or None
+        for runtime in session.instances.values():
+            if runtime.instance_id in changed:
+                log.warning(
+                    "node %s instance %s: %s",
+                    session.node_id,
+                    runtime.name,
+                    f"monitor-only ({runtime.monitor_only_reason})"
+                    if runtime.monitor_only
+                    else "controllable again",
+                )
+        if changed:
+            await asyncio.to_thread(set_monitor_only, self._factory, changed)
 
     # ---- acks --------------------------------------------------------------------
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:

@@ -45,6 +45,7 @@ def _deserialize(data: bytes) -> pb.AgentMessage | Malformed:
 class AgentLinkServicer:
     def __init__(self, fleet: FleetService) -> None:
         self._fleet = fleet
+        self._background: set[asyncio.Task[None]] = set()
 
     async def connect(
         self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any
@@ -121,6 +122,12 @@ class AgentLinkServicer:
                 self._fleet.telemetry(session, msg.seq, msg.telemetry)
             elif kind == "ack":
                 self._fleet.ack(session, msg.seq, msg.ack)
+            elif kind == "control_status":
+                task = asyncio.create_task(
+                    self._fleet.control_status(session, msg.seq, msg.control_status)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             elif kind == "hello":
                 session.send(FleetService.error(msg.seq, "protocol", "Hello was already received"))
             else:

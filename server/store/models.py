@@ -96,6 +96,9 @@ class Instance(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Why the agent cannot lock this instance's clocks (NULL: it can): no permission,
+    # MIG, unsupported, a refused lock. Such an instance is decided for, never commanded.
+    monitor_only_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
 
 class Decision(Base):

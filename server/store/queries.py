@@ -58,6 +58,7 @@ def _instance_dict(inst: Instance, node_id: str, connected: bool) -> dict[str, A
         "engine": inst.engine,
         "model_name": inst.model_name,
         "metrics_url": inst.metrics_url,
+        "monitor_only_reason": inst.monitor_only_reason,
         "gpu_indices": inst.gpu_indices,
         "connected": connected,
         "last_seen_at": inst.last_seen_at,

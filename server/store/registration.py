@@ -57,11 +57,32 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
             irow.metrics_url = inst.metrics_url
             irow.model_name = inst.model_name
             irow.gpu_indices = list(inst.gpu_indices)
+            irow.monitor_only_reason = monitor_only_reason(hello, inst) or None
             irow.last_seen_at = now
             db.add(irow)
             db.flush()
             ids[inst.name] = irow.id
         return Registered(node_pk=node.id, instance_ids=ids)
+
+
+def monitor_only_reason(hello: pb.Hello, inst: pb.ServingInstance) -> str:
+    gpus = {g.index: g for g in hello.gpus}
+    return "; ".join(
+        f"GPU {i}: {gpus[i].monitor_only_reason}"
+        for i in inst.gpu_indices
+        if gpus[i].monitor_only_reason
+    )
+
+
+def set_monitor_only(factory: sessionmaker[Session], reasons: dict[int, str | None]) -> None:
+    """Record, per instance id, why it is monitor-only now (None: controllable again)."""
+    with factory.begin() as db:
+        for instance_id, reason in reasons.items():
+            db.execute(
+                update(Instance)
+                .where(Instance.id == instance_id)
+                .values(monitor_only_reason=reason)
+            )
 
 
 def mark_disconnected(factory: sessionmaker[Session], node_pk: int) -> None:

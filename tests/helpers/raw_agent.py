@@ -75,6 +75,20 @@ class RawStream:
         )
         metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.call = method(self._requests(), metadata=metadata)
+        # One reader for the whole stream: a read that times out must not cancel the call.
+        self._inbox: asyncio.Queue[pb.ServerMessage | BaseException] = asyncio.Queue()
+        self._reader = asyncio.get_running_loop().create_task(self._read_all())
+
+    async def _read_all(self) -> None:
+        try:
+            while True:
+                msg = await self.call.read()
+                if msg is grpc.aio.EOF:
+                    self._inbox.put_nowait(AssertionError("server closed the stream"))
+                    return
+                self._inbox.put_nowait(msg)
+        except BaseException as err:  # the RPC's end (AioRpcError) is the test's to see
+            self._inbox.put_nowait(err)
 
     async def _requests(self) -> AsyncIterator[bytes]:
         while True:
@@ -92,9 +106,12 @@ class RawStream:
         self._out.put_nowait(data)
 
     async def read(self, wait_s: float = 5.0) -> pb.ServerMessage:
-        msg = await asyncio.wait_for(self.call.read(), wait_s)
-        assert msg is not grpc.aio.EOF, "server closed the stream"
-        return msg  # type: ignore[no-any-return]
+        """The next message; TimeoutError if none within wait_s (the stream stays open)."""
+        item = await asyncio.wait_for(self._inbox.get(), wait_s)
+        if isinstance(item, BaseException):
+            self._inbox.put_nowait(item)  # the stream stays ended for later reads
+            raise item
+        return item
 
     async def read_kind(self, kind: str, wait_s: float = 5.0) -> pb.ServerMessage:
         """Read until a message of this kind arrives (others are collected in .seen)."""
@@ -106,4 +123,5 @@ class RawStream:
     async def close(self) -> None:
         self._out.put_nowait(None)
         self.call.cancel()
+        self._reader.cancel()
         await self._channel.close()
