@@ -57,8 +57,16 @@ def window(
                 index=gpu_index, energy_j=energy_j, avg_power_w=energy_j, sm_clock_mhz=1980
             )
         ],
+        # Complete by default (load and energy known), so policies may lower clocks.
         serving=pb.ServingWindow(
-            available=True, num_requests_running=3, generation_tokens=400, **serving
+            **{
+                "available": True,
+                "num_requests_running": 3,
+                "num_requests_waiting": 0,
+                "kv_cache_usage": 0.2,
+                "generation_tokens": 400,
+                **serving,
+            }
         ),
     )
 
