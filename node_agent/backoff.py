@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import random
 
+# 2**attempt stays a small int: the cap is reached long before, and an agent that has
+# failed for days must not crash on float(2**1100) ("int too large to convert to float").
+_MAX_EXPONENT = 62
+
 
 class Backoff:
     def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
@@ -13,8 +17,8 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        cap = min(self._max, self._initial * (2**self._attempt))
-        self._attempt += 1
+        cap = min(self._max, self._initial * (2 ** min(self._attempt, _MAX_EXPONENT)))
+        self._attempt = min(self._attempt + 1, _MAX_EXPONENT)
         return self._rng.uniform(cap / 2, cap)
 
     def reset(self) -> None:
