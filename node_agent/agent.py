@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +24,9 @@ from agft.v1 import agent_pb2_grpc as pb_grpc
 from node_agent import __version__
 from node_agent.backoff import Backoff
 from node_agent.clocks import ClockController
-from node_agent.config import AgentConfig
+from node_agent.config import AgentConfig, ConfigError
 from node_agent.gpu.base import GpuBackend, GpuError
+from node_agent.link_security import auth_metadata, open_channel
 from node_agent.serving.scraper import ServingScraper
 from node_agent.window import GpuWindowSampler
 
@@ -36,6 +38,13 @@ FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 
 class FatalLinkError(RuntimeError):
     pass
+
+
+class SafetyLoopError(RuntimeError):
+    """The lease-enforcing loop failed: lowered clocks could outlive their leases.
+
+    Every managed GPU has been reset when this is raised. The agent must exit non-zero
+    so its supervisor (systemd, Kubernetes) restarts it with a working safety loop."""
 
 
 class Agent:
@@ -50,29 +59,53 @@ class Agent:
         self.backend = backend
         self._clock = clock
         self.clocks = ClockController(
-            backend, {i.name: i.gpu_indices for i in config.instances}, wall=clock
+            backend,
+            {i.name: i.gpu_indices for i in config.instances},
+            wall=clock,
+            max_lease_s=config.max_lease_s,
         )
         self.window_s = config.window_s
         self.connected = asyncio.Event()
         self.sessions_started = 0
         self.acks_sent = 0
         self.windows_sent = 0
+        self.control_status_sent = 0
         self.errors_received: list[pb.Error] = []
         self._stopping = asyncio.Event()
+        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        # Each GPU's monitor-only reason as this session's server last heard it.
+        self._reported: dict[int, str] = {}
+        self._inventories: dict[int, pb.Gpu] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
-        """Run until stop(); GPUs are reset at start (foreign locks) and at exit."""
-        await asyncio.to_thread(self.clocks.reset_all, "agent start: no lock is ours yet")
+        """Run until stop(); GPUs are reset at start (foreign locks) and at exit.
+
+        Raises FatalLinkError when the server refuses us for good, and SafetyLoopError
+        when lease enforcement fails (after resetting every managed GPU)."""
+        await asyncio.to_thread(self.clocks.start)
         lease_task = asyncio.create_task(self._enforce_leases(), name="agft-leases")
+        link_task = asyncio.create_task(self._run_link(), name="agft-link")
+        why = "agent stopping"
         try:
-            async with httpx.AsyncClient() as http:
-                await self._link_loop(http)
+            await asyncio.wait({lease_task, link_task}, return_when=asyncio.FIRST_COMPLETED)
+            if lease_task.done():
+                # It never returns: it ended on an exception, so no lease is enforced now.
+                err = lease_task.exception()
+                why = f"lease enforcement failed: {type(err).__name__}: {err}"
+                log.critical("%s; resetting every managed GPU and exiting", why, exc_info=err)
+                raise SafetyLoopError(why) from err
+            link_task.result()
         finally:
-            lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lease_task
-            await asyncio.to_thread(self.clocks.reset_all, "agent stopping")
+            for task in (link_task, lease_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(self.clocks.reset_all, why)
+
+    async def _run_link(self) -> None:
+        async with httpx.AsyncClient() as http:
+            await self._link_loop(http)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -83,24 +116,25 @@ class Agent:
             await asyncio.sleep(self.config.lease_check_s)
 
     async def _link_loop(self, http: httpx.AsyncClient) -> None:
-        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        # Only FatalLinkError or ConfigError (or cancellation) ends this loop: whatever
+        # else one session raises is logged and retried, so the agent never stops quietly.
         while not self._stopping.is_set():
             try:
-                welcomed = await self._session(http)
-                if welcomed:
-                    backoff.reset()
-            except FatalLinkError:
-                raise
+                await self._session(http)
+            except (FatalLinkError, ConfigError):
+                raise  # retrying cannot help: no token, unreadable TLS files, and the like
             except grpc.aio.AioRpcError as err:
                 if err.code() in FATAL_CODES:
                     raise FatalLinkError(f"server refused us: {err.details()}") from err
                 log.warning("link to %s lost: %s %s", self.config.server, err.code(), err.details())
             except (TimeoutError, OSError) as err:
                 log.warning("link to %s failed: %s", self.config.server, err)
+            except Exception:
+                log.exception("session with %s failed unexpectedly", self.config.server)
             self.connected.clear()
             if self._stopping.is_set():
                 break
-            delay = backoff.next_delay()
+            delay = self._backoff.next_delay()
             log.info("reconnecting in %.2f s", delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -122,15 +156,14 @@ class Agent:
                     return
                 yield msg
 
-        async with grpc.aio.insecure_channel(self.config.server) as channel:
+        async with open_channel(self.config) as channel:
             stub = pb_grpc.AgentLinkStub(channel)
             send(hello=await asyncio.to_thread(self._hello))
-            call = stub.Connect(requests())
+            call = stub.Connect(requests(), metadata=auth_metadata(self.config))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 raise OSError("server did not answer Hello with Welcome")
-            self.window_s = first.welcome.window_s or self.window_s
-            self.sessions_started += 1
+            self._welcomed(first.welcome)
             self.connected.set()
             log.info("connected to %s as %s", self.config.server, self.config.node_id)
             windows = asyncio.create_task(self._window_loop(http, send), name="agft-windows")
@@ -162,6 +195,7 @@ class Agent:
             kind = msg.WhichOneof("body")
             if kind == "set_clocks":
                 ack = await asyncio.to_thread(self.clocks.set_clocks, msg.set_clocks)
+                self._report_control(send)  # a refusal may have taken a GPU out of control
             elif kind == "reset_clocks":
                 ack = await asyncio.to_thread(self.clocks.reset_clocks, msg.reset_clocks)
             elif kind == "error":
@@ -185,7 +219,10 @@ class Agent:
             for i in self.config.instances
         }
         sampler = GpuWindowSampler(
-            self.backend, (g for i in self.config.instances for g in i.gpu_indices), self._clock
+            self.backend,
+            (g for i in self.config.instances for g in i.gpu_indices),
+            self._clock,
+            monotonic=time.monotonic,
         )
         await asyncio.to_thread(sampler.prime)
         await asyncio.gather(*(s.next_window() for s in scrapers.values()))  # baselines
@@ -194,6 +231,9 @@ class Agent:
             next_tick += self.window_s
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
             start, end, gpu_windows = await asyncio.to_thread(sampler.sample)
+            if sampler.unavailable:
+                await asyncio.to_thread(self._lost, dict(sampler.unavailable))
+                self._report_control(send)
             serving = await asyncio.gather(*(s.next_window() for s in scrapers.values()))
             telemetry = pb.Telemetry()
             for inst, serving_window in zip(self.config.instances, serving, strict=True):
@@ -211,12 +251,73 @@ class Agent:
             send(telemetry=telemetry)
             self.windows_sent += len(telemetry.windows)
 
+    # ---- what the server sends that the agent bounds ----------------------------------
+    def _welcomed(self, welcome: pb.Welcome) -> None:
+        """Accept a Welcome; its values are bounded, since whatever answers as the server
+        sends them: a zero or negative window would make the window loop spin."""
+        c = self.config
+        window_s = welcome.window_s
+        if window_s == 0:  # unset: the configured window
+            self.window_s = c.window_s
+        elif math.isfinite(window_s) and c.min_window_s <= window_s <= c.max_window_s:
+            self.window_s = window_s
+        else:
+            log.error(
+                "server asked for window_s=%r, outside [%g, %g] s: keeping %g s",
+                window_s,
+                c.min_window_s,
+                c.max_window_s,
+                c.window_s,
+            )
+            self.window_s = c.window_s
+        lease_s = welcome.lease_s  # informational: each SetClocks carries its own lease
+        if lease_s != 0 and not (math.isfinite(lease_s) and 0 < lease_s <= c.max_lease_s):
+            log.error(
+                "server announced lease_s=%r, outside (0, %g] s: its clock commands will be "
+                "refused",
+                lease_s,
+                c.max_lease_s,
+            )
+        # A healthy session ends the run of failures: the next drop retries quickly.
+        self._backoff.reset()
+        self.sessions_started += 1
+
+    # ---- controllability ------------------------------------------------------------
+    def _lost(self, unavailable: dict[int, str]) -> None:
+        for index, error in unavailable.items():
+            self.clocks.mark_monitor_only(index, f"GPU unavailable: {error}")
+
+    def _report_control(self, send: Callable[..., None]) -> None:
+        """Tell the server, once, about every GPU whose controllability changed."""
+        now = self.clocks.monitor_only()
+        changed = {
+            index: now.get(index, "")
+            for index in self._managed_gpus()
+            if now.get(index, "") != self._reported.get(index, "")
+        }
+        if not changed:
+            return
+        send(
+            control_status=pb.ControlStatus(
+                gpus=[
+                    pb.GpuControl(index=i, monitor_only_reason=r)
+                    for i, r in sorted(changed.items())
+                ]
+            )
+        )
+        self._reported.update(changed)
+        self.control_status_sent += 1
+
+    def _managed_gpus(self) -> list[int]:
+        return sorted({g for i in self.config.instances for g in i.gpu_indices})
+
     # ---- Hello ----------------------------------------------------------------------
-    def _hello(self) -> pb.Hello:
-        b = self.backend
-        used = sorted({g for i in self.config.instances for g in i.gpu_indices})
-        gpus = []
-        for index in used:
+    def _inventory(self, index: int) -> pb.Gpu:
+        """What does not change while the driver is loaded, read once: a GPU lost later
+        must not stop the agent from saying Hello again (it is then monitor-only)."""
+        gpu = self._inventories.get(index)
+        if gpu is None:
+            b = self.backend
             ident = b.identity(index)
             mem_default = b.default_memory_clock_mhz(index)
             gpu = pb.Gpu(
@@ -229,6 +330,18 @@ class Agent:
                 default_memory_clock_mhz=mem_default,
                 power_limit_mw=b.power_limit_mw(index),
             )
+            self._inventories[index] = gpu
+        return gpu
+
+    def _hello(self) -> pb.Hello:
+        b = self.backend
+        monitor_only = self.clocks.monitor_only()
+        self._reported = dict(monitor_only)
+        gpus = []
+        for index in self._managed_gpus():
+            gpu = pb.Gpu()
+            gpu.CopyFrom(self._inventory(index))
+            gpu.monitor_only_reason = monitor_only.get(index, "")
             try:
                 gpu.current_sm_clock_mhz = b.sm_clock_mhz(index)
                 gpu.current_memory_clock_mhz = b.memory_clock_mhz(index)
