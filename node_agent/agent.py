@@ -284,8 +284,10 @@ class Agent:
 
     # ---- controllability ------------------------------------------------------------
     def _lost(self, unavailable: dict[int, str]) -> None:
+        already = self.clocks.monitor_only()
         for index, error in unavailable.items():
-            self.clocks.mark_monitor_only(index, f"GPU unavailable: {error}")
+            if index not in already:  # one reason per GPU, not a new one every window
+                self.clocks.mark_monitor_only(index, f"GPU unavailable: {error}")
 
     def _report_control(self, send: Callable[..., None]) -> None:
         """Tell the server, once, about every GPU whose controllability changed."""

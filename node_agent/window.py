@@ -60,7 +60,7 @@ class GpuWindowSampler:
         try:
             return read()
         except GpuUnavailableError as err:
-            self.unavailable[index] = str(err)
+            self.unavailable.setdefault(index, str(err))  # the first failure says it best
             log.debug("GPU %d unavailable: %s", index, err)
             return None
         except GpuError as err:
@@ -134,7 +134,7 @@ class GpuWindowSampler:
             except GpuNotSupportedError:
                 self._no_instant_power.add(index)
             except GpuUnavailableError as err:
-                self.unavailable[index] = str(err)
+                self.unavailable.setdefault(index, str(err))
                 return None
             except GpuError as err:
                 log.debug("GPU %d instantaneous power failed: %s", index, err)
