@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from node_agent.gpu.base import (
     GpuBackend,
+    GpuError,
     GpuIdentity,
     GpuInvalidArgumentError,
     ThrottleReason,
@@ -136,3 +137,69 @@ class FakeBackend(GpuBackend):
     def reset_locked_memory_clocks(self, index: int) -> None:
         self._enter("reset_locked_memory_clocks", index)
         self.memory_locks.pop(index, None)
+
+
+class DelegatingBackend(GpuBackend):
+    """Another backend (the simulator, say) with faults injected into its writes."""
+
+    def __init__(self, inner: GpuBackend) -> None:
+        self.inner = inner
+        self.set_calls = 0
+        self.refuse_sets: GpuError | None = None  # raised by every lock from now on
+
+    def device_count(self) -> int:
+        return self.inner.device_count()
+
+    def identity(self, index: int) -> GpuIdentity:
+        return self.inner.identity(index)
+
+    def supported_memory_clocks_mhz(self, index: int) -> list[int]:
+        return self.inner.supported_memory_clocks_mhz(index)
+
+    def supported_sm_clocks_mhz(self, index: int, memory_clock_mhz: int) -> list[int]:
+        return self.inner.supported_sm_clocks_mhz(index, memory_clock_mhz)
+
+    def default_sm_clock_mhz(self, index: int) -> int:
+        return self.inner.default_sm_clock_mhz(index)
+
+    def default_memory_clock_mhz(self, index: int) -> int:
+        return self.inner.default_memory_clock_mhz(index)
+
+    def power_limit_mw(self, index: int) -> int:
+        return self.inner.power_limit_mw(index)
+
+    def total_energy_mj(self, index: int) -> int:
+        return self.inner.total_energy_mj(index)
+
+    def power_usage_mw(self, index: int) -> int:
+        return self.inner.power_usage_mw(index)
+
+    def instant_power_mw(self, index: int) -> int:
+        return self.inner.instant_power_mw(index)
+
+    def mig_enabled(self, index: int) -> bool:
+        return self.inner.mig_enabled(index)
+
+    def sm_clock_mhz(self, index: int) -> int:
+        return self.inner.sm_clock_mhz(index)
+
+    def memory_clock_mhz(self, index: int) -> int:
+        return self.inner.memory_clock_mhz(index)
+
+    def utilization(self, index: int) -> Utilization:
+        return self.inner.utilization(index)
+
+    def throttle_reasons(self, index: int) -> ThrottleReason:
+        return self.inner.throttle_reasons(index)
+
+    def set_locked_sm_clocks_mhz(self, index: int, min_mhz: int, max_mhz: int) -> None:
+        self.set_calls += 1
+        if self.refuse_sets is not None:
+            raise self.refuse_sets
+        self.inner.set_locked_sm_clocks_mhz(index, min_mhz, max_mhz)
+
+    def reset_locked_sm_clocks(self, index: int) -> None:
+        self.inner.reset_locked_sm_clocks(index)
+
+    def locked_sm_clocks_mhz(self, index: int) -> tuple[int, int] | None:
+        return self.inner.locked_sm_clocks_mhz(index)
