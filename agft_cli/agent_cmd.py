@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from node_agent.agent import Agent, FatalLinkError
+from node_agent.agent import Agent, FatalLinkError, SafetyLoopError
 from node_agent.config import AgentConfig, ConfigError, load_config, with_instances
 from node_agent.gpu.base import GpuBackend, GpuError, GpuUnavailableError
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # stop on an error (a supervisor restarts it), 2 the configuration is wrong (a restart
 # cannot help: fix the file).
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# The lease loop failed: GPUs were reset; a supervisor (systemd, Kubernetes) restarts us.
+EXIT_SAFETY = 3
 
 
 async def _run(agent: Agent) -> None:
@@ -79,6 +81,9 @@ def run_agent(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"agft agent: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except SafetyLoopError as err:
+        print(f"agft agent: safety loop failed, GPUs reset: {err}", file=sys.stderr)
+        return EXIT_SAFETY
     except (GpuError, FatalLinkError) as err:
         print(f"agft agent: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -14,7 +14,7 @@ from agft_cli.server_cmd import settings_from_args
 from agft_cli.simnode import agent_config_for, start_sim_node
 from node_agent.agent import Agent
 from server.app import create_app
-from server.auth.store import create_node_token
+from server.auth.store import create_api_token, create_node_token
 from sim.node import SimulatedNode
 
 
@@ -45,6 +45,7 @@ async def _demo(args: argparse.Namespace) -> None:
         config = dataclasses.replace(agent_config_for(node, grpc_address, name), token=token)
         agents.append(Agent(config, node.backend))
     agent_tasks = [asyncio.create_task(a.run()) for a in agents]
+    _, admin_token = create_api_token(app.state.session_factory, "admin", "demo admin")
     print(
         f"AGFT demo: dashboard http://{settings.http_host}:{settings.http_port}/  "
         f"API http://{settings.http_host}:{settings.http_port}/docs  "
@@ -52,6 +53,11 @@ async def _demo(args: argparse.Namespace) -> None:
         f"instances, {args.gpu}/{args.model}, database {settings.database_url}); "
         "agents authenticate with node tokens; the stream is plaintext on loopback "
         "(see docs/DEPLOY.md for TLS)",
+        flush=True,
+    )
+    print(
+        f"Log in at http://{settings.http_host}:{settings.http_port}/login with this admin "
+        f"token (also `Authorization: Bearer` for the API):\n  {admin_token}",
         flush=True,
     )
 

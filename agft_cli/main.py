@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then AGFT_AGENT_<KEY> environment variables (e.g. AGFT_AGENT_NODE_ID; the node token "
         "only as AGFT_AGENT_TOKEN or token_file), then these flags. "
         "Exit status: 0 ok, 1 the check found problems or the agent stopped on an error, "
+        "3 the lease (safety) loop failed and the GPUs were reset, "
         "2 the configuration is wrong.",
     )
     agent.add_argument(
@@ -131,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="simulator tools: sweep, calibrate, replay, profiles")
     sub.add_parser("bench", help="benchmark policies on traces in simulated time")
 
+    from agft_cli.token_cmd import add_api_parser
     from agft_cli.token_cmd import add_parser as add_token_parser
 
     add_token_parser(sub)
+    add_api_parser(sub)
 
     sub.add_parser(
         "migrate",
@@ -172,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agft_cli.demo_cmd import run_demo
 
         return run_demo(args)
+    if args.command == "token":
+        from agft_cli.token_cmd import run_api_token
+
+        return run_api_token(args)
     if args.command == "node-token":
         from agft_cli.token_cmd import run_node_token
 

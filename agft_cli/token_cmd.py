@@ -1,4 +1,4 @@
-"""`agft node-token create|revoke|list`: the per-node tokens agents authenticate with."""
+"""`agft node-token` and `agft token`: the tokens agents and API clients authenticate with."""
 
 from __future__ import annotations
 
@@ -73,3 +73,65 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rev = actions.add_parser("revoke", help="revoke a token (by token id) or all of a node's")
     rev.add_argument("what", metavar="TOKEN_ID|NODE_ID")
     actions.add_parser("list", help="list node tokens (never their secrets)")
+
+
+def run_api_token(args: argparse.Namespace) -> int:
+    from server.auth.store import create_api_token, list_tokens, revoke
+    from server.settings import Settings
+    from server.store.database import make_engine, make_session_factory
+    from server.store.migrate import upgrade_to_head
+
+    url = args.database_url or Settings().database_url
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    try:
+        if args.action == "create":
+            try:
+                info, plaintext = create_api_token(factory, args.role, args.name or "")
+            except ValueError as err:
+                print(f"agft token: {err}")
+                return 2
+            print(plaintext)
+            print(
+                f"# {info.role} token {info.token_id} ({info.name}): shown once, stored hashed."
+                " Use it as `Authorization: Bearer <token>` or to log in to the dashboard."
+            )
+            return 0
+        if args.action == "revoke":
+            revoked = revoke(factory, args.token_id, kind="api")
+            if not revoked:
+                print(f"agft token: no live API token {args.token_id!r}")
+                return 1
+            print(f"revoked token {revoked[0].token_id} ({revoked[0].name}); its logins end now")
+            return 0
+        rows = list_tokens(factory, "api")
+        print(f"{'TOKEN':<14}{'ROLE':<8}{'NAME':<28}{'CREATED':<21}{'LAST USED':<21}REVOKED")
+        for info in rows:
+            print(
+                f"{info.token_id:<14}{info.role or '':<8}{info.name[:27]:<28}"
+                f"{_when(info.created_at):<21}{_when(info.last_used_at):<21}"
+                f"{_when(info.revoked_at)}"
+            )
+        if not rows:
+            print("(no API tokens yet: `agft token create --role admin`)")
+        return 0
+    finally:
+        engine.dispose()
+
+
+def add_api_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "token",
+        help="create, revoke or list REST API / dashboard tokens (roles viewer, admin)",
+        description="API tokens: `Authorization: Bearer <token>` on the REST API, or a "
+        "dashboard login. Viewers read; admins also change. Stored hashed.",
+    )
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default AGFT_DATABASE_URL)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make a token and print it once")
+    create.add_argument("--role", choices=("viewer", "admin"), required=True)
+    create.add_argument("--name", help="who or what it is for (shown in lists and the audit)")
+    rev = actions.add_parser("revoke", help="revoke a token; its dashboard logins end too")
+    rev.add_argument("token_id", metavar="TOKEN_ID")
+    actions.add_parser("list", help="list API tokens (never their secrets)")

@@ -354,7 +354,13 @@ def _auth_section(p: _Printer, config: AgentConfig, result: CheckResult) -> None
     )
     if config.tls_ca_file is None:
         # The agent's own rule (node_agent.link_security): plaintext only to loopback.
-        if not is_loopback(config.server):
+        if not is_loopback(config.server) and config.allow_plaintext:
+            p.row("TLS", f"off: plaintext to {config.server} (allow_plaintext = true)")
+            result.warnings.append(
+                f"TLS is off towards {config.server}: the node token crosses the network in "
+                "clear (allow_plaintext); use tls_ca_file unless the network is wholly trusted"
+            )
+        elif not is_loopback(config.server):
             p.row("TLS", f"FAILED: off, and {config.server} is not on loopback")
             result.problems.append(
                 f"TLS is off and the server {config.server} is not on loopback: the agent "

@@ -75,6 +75,9 @@ class AgentConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_server_name: str | None = None
+    # Plaintext to a server off loopback, tokens in clear: only for a network you trust
+    # wholly (a private container network, a lab). Off by default.
+    allow_plaintext: bool = False
 
     def __post_init__(self) -> None:
         names = [i.name for i in self.instances]
@@ -117,7 +120,8 @@ OPTIONAL_TEXT_KEYS = (
     "tls_key_file",
     "tls_server_name",
 )
-TOP_LEVEL_KEYS = (*TEXT_KEYS, *DURATION_KEYS, *OPTIONAL_TEXT_KEYS)
+BOOL_KEYS = ("allow_plaintext",)
+TOP_LEVEL_KEYS = (*TEXT_KEYS, *DURATION_KEYS, *OPTIONAL_TEXT_KEYS, *BOOL_KEYS)
 INSTANCE_KEYS = ("name", "metrics_url", "gpu_indices", "engine", "model_name", "match_labels")
 REQUIRED_INSTANCE_KEYS = ("name", "metrics_url", "gpu_indices")
 # What --instance SPEC calls a key -> the file's name for it, for a hint on a mix-up.
@@ -223,6 +227,12 @@ def _env_value(var: str, key: str, text: str) -> object:
             return float(text)
         except ValueError:
             raise ConfigError(f"{var}: expected a number of seconds, got {_show(text)}") from None
+    if key in BOOL_KEYS:
+        if text.strip().lower() in ("true", "1", "yes"):
+            return True
+        if text.strip().lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{var}: expected true or false, got {_show(text)}")
     return text
 
 
@@ -458,6 +468,9 @@ def load_config(
         value = values[key]
         if key in DURATION_KEYS:
             values[key] = _duration(value, loc)
+        elif key in BOOL_KEYS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{loc}: expected true or false, got {_show(value)}")
         else:
             values[key] = _text(value, loc)
     if "server" in values:

@@ -41,7 +41,10 @@ def node_token(config: AgentConfig) -> str:
     if config.token:
         return config.token.strip()
     if config.token_file:
-        token = _read(config.token_file, "token file").decode(errors="replace").strip()
+        text = _read(config.token_file, "token file").decode(errors="replace")
+        # The first line that is not a comment: `agft node-token create` output works as is.
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        token = lines[0] if lines else ""
         if not token:
             raise ConfigError(f"the token file {config.token_file} is empty")
         return token
@@ -60,10 +63,11 @@ def open_channel(config: AgentConfig) -> grpc.aio.Channel:
     if config.tls_ca_file is None:
         if config.tls_cert_file or config.tls_key_file:
             raise ConfigError("tls_cert_file/tls_key_file need tls_ca_file (the server's CA)")
-        if not is_loopback(config.server):
+        if not is_loopback(config.server) and not config.allow_plaintext:
             raise ConfigError(
                 f"server {config.server} is not on loopback: set tls_ca_file so the stream "
-                "(and the node token on it) is encrypted and the server is verified"
+                "(and the node token on it) is encrypted and the server is verified "
+                "(allow_plaintext = true only on a network you trust wholly)"
             )
         return grpc.aio.insecure_channel(config.server)
     if bool(config.tls_cert_file) != bool(config.tls_key_file):

@@ -139,6 +139,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=server_version(),
         description="GPU clock control plane for LLM serving fleets",
         lifespan=lifespan,
+        # Served by server/web.py behind a login: closed by default, the docs too.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.include_router(router)
     app.include_router(health_router)

@@ -58,7 +58,13 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
 
             page = await browser.new_page()
             await page.goto(srv.http_url + "/")
+            # Closed by default: the dashboard asks for a login first.
+            await page.wait_for_url("**/login?next=*")
+            await page.fill("#token", srv.api_token("viewer"))
+            await page.click("button[type=submit]")
+            await page.wait_for_url(srv.http_url + "/")
             assert "Fleet" in await page.title()
+            assert "(viewer)" in await page.locator("header").inner_text()
             nodes = page.locator("#nodes tbody tr")
             assert await nodes.count() == 1
             assert "browser-node" in await nodes.first.inner_text()
@@ -73,5 +79,23 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
             assert "300.0" in text  # energy of the window
             points = await page.locator("#clock-chart polyline.clock").get_attribute("points")
             assert points is not None and len(points.split()) == 2  # one point per decision
+
+            await page.get_by_role("button", name="Log out").click()
+            await page.wait_for_url("**/login")
+            await page.goto(srv.http_url + "/")
+            await page.wait_for_url("**/login?next=*")
         finally:
             await stream.close()
+
+
+async def test_login_page_refuses_a_wrong_token_clearly(sqlite_url: str, browser: Browser) -> None:
+    async with running_server(sqlite_url) as srv:
+        page = await browser.new_page()
+        await page.goto(srv.http_url + "/login")
+        await page.fill("#token", "agft_api_0123456789ab_not-the-secret-at-all-no")
+        await page.click("button[type=submit]")
+        alert = page.get_by_role("alert")
+        assert "unknown API token" in await alert.inner_text()
+        folder = os.environ.get("AGFT_SCREENSHOTS")
+        if folder:
+            await page.screenshot(path=os.path.join(folder, "login-refused.png"), full_page=True)

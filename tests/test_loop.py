@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 from sqlalchemy import create_engine, select
 
 from server.store.database import normalise_url
@@ -34,7 +33,7 @@ async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None
     ):
 
         async def enough() -> bool:
-            async with httpx.AsyncClient(base_url=srv.http_url) as client:
+            async with srv.client() as client:
                 instances = (await client.get("/api/v1/instances")).json()
                 if len(instances) != 2:
                     return False
@@ -51,7 +50,7 @@ async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None
         assert ra.agent.errors_received == []
         await srv.app.state.writer.flush()
 
-        async with httpx.AsyncClient(base_url=srv.http_url) as client:
+        async with srv.client() as client:
             inst = (await client.get("/api/v1/instances")).json()[0]
             page = (await client.get(f"/api/v1/instances/{inst['id']}/decisions?limit=3")).json()
             assert len(page["items"]) == 3

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from agft.v1 import agent_pb2 as pb
 from tests.helpers.raw_agent import RawStream, hello, window
-from tests.helpers.running import running_server
+from tests.helpers.running import RunningServer, running_server
 
 NOW = 1_780_000_000.0
 NO_PERMISSION = "no permission to lock clocks: the agent needs CAP_SYS_ADMIN (or root)"
@@ -23,8 +21,8 @@ async def _kinds(stream: RawStream, wait_s: float = 0.4) -> list[str | None]:
             return kinds
 
 
-async def _instance(http_url: str) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=http_url) as client:
+async def _instance(srv: RunningServer) -> dict[str, object]:
+    async with srv.client() as client:
         return (await client.get("/api/v1/instances")).json()[0]  # type: ignore[no-any-return]
 
 
@@ -36,9 +34,7 @@ async def test_monitor_only_gpus_get_no_commands_until_controllable(database_url
             blocked.gpus[0].monitor_only_reason = NO_PERMISSION
             stream.send(hello=blocked)
             await stream.read_kind("welcome")
-            assert (await _instance(srv.http_url))[
-                "monitor_only_reason"
-            ] == f"GPU 0: {NO_PERMISSION}"
+            assert (await _instance(srv))["monitor_only_reason"] == f"GPU 0: {NO_PERMISSION}"
             for n in range(3):
                 stream.send(
                     telemetry=pb.Telemetry(
@@ -57,7 +53,7 @@ async def test_monitor_only_gpus_get_no_commands_until_controllable(database_url
             )
             command = (await stream.read_kind("set_clocks")).set_clocks
             assert command.max_sm_clock_mhz == 1200
-            assert (await _instance(srv.http_url))["monitor_only_reason"] is None
+            assert (await _instance(srv))["monitor_only_reason"] is None
 
             # A lock refused mid-run: monitor-only again, and no more commands.
             stream.send(
@@ -80,7 +76,7 @@ async def test_monitor_only_gpus_get_no_commands_until_controllable(database_url
         finally:
             await stream.close()
         await srv.app.state.writer.flush()
-        async with httpx.AsyncClient(base_url=srv.http_url) as client:
+        async with srv.client() as client:
             inst = (await client.get("/api/v1/instances")).json()[0]
             items = (await client.get(f"/api/v1/instances/{inst['id']}/decisions")).json()["items"]
     reasons = [i["reason"] for i in sorted(items, key=lambda i: i["id"])]

@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import math
 
-import httpx
-
 from agft.v1 import agent_pb2 as pb
 from tests.helpers.raw_agent import RawStream, hello, window
-from tests.helpers.running import running_server
+from tests.helpers.running import RunningServer, running_server
 
 
-async def _decisions(http_url: str, instance_name: str = "vllm-0") -> list[dict[str, object]]:
-    async with httpx.AsyncClient(base_url=http_url) as client:
+async def _decisions(srv: RunningServer, instance_name: str = "vllm-0") -> list[dict[str, object]]:
+    async with srv.client() as client:
         instances = (await client.get("/api/v1/instances")).json()
         inst = next(i for i in instances if i["name"] == instance_name)
         page = (await client.get(f"/api/v1/instances/{inst['id']}/decisions")).json()
         return page["items"]  # type: ignore[no-any-return]
 
 
-async def _wait_for_decisions(http_url: str, count: int) -> list[dict[str, object]]:
+async def _wait_for_decisions(srv: RunningServer, count: int) -> list[dict[str, object]]:
     for _ in range(100):
-        items = await _decisions(http_url)
+        items = await _decisions(srv)
         if len(items) >= count:
             return items
         await asyncio.sleep(0.05)
@@ -39,7 +37,7 @@ async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str
             stream.send(telemetry=pb.Telemetry(windows=[window(start=1000.0)]))
             first = await stream.read()
             assert first.WhichOneof("body") == "reset_clocks"  # static policy: default clocks
-            await _wait_for_decisions(srv.http_url, 1)
+            await _wait_for_decisions(srv, 1)
 
             seq = stream.send(telemetry=pb.Telemetry(windows=[window(instance="vllm-9")]))
             err = (await stream.read_kind("error")).error
@@ -78,7 +76,7 @@ async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str
                 telemetry=pb.Telemetry(windows=[window(start=1001.0), window(instance="ghost")])
             )
             assert (await stream.read_kind("error")).error.code == "unknown_instance"
-            items = await _wait_for_decisions(srv.http_url, 2)
+            items = await _wait_for_decisions(srv, 2)
             oldest = items[-1]["window_start"]
             assert isinstance(oldest, str) and oldest.startswith("1970-01-01T00:16:40")  # 1000 s
             assert len(items) == 2  # nothing accepted was lost, nothing bad was stored

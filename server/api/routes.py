@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import text
 
+from server.api.auth import require_viewer
 from server.api.deps import DbSession
 from server.api.schemas import DecisionOut, DecisionPage, Health, InstanceOut, NodeOut
 from server.store import queries
 
-router = APIRouter(prefix="/api/v1", tags=["fleet"])
+# Closed by default: every route here needs at least a viewer (bearer token or login).
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["fleet"],
+    dependencies=[Depends(require_viewer)],
+    responses={401: {"description": "no or unknown token"}, 404: {"description": "not found"}},
+)
 health_router = APIRouter(tags=["health"])
 
 

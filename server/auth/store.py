@@ -60,35 +60,70 @@ def create_node_token(factory: sessionmaker[Session], node_id: str) -> tuple[Tok
     return _info(row), new.plaintext
 
 
+ROLES = ("viewer", "admin")
+
+
+def create_api_token(
+    factory: sessionmaker[Session], role: str, name: str = ""
+) -> tuple[TokenInfo, str]:
+    """A new REST API token (viewer reads, admin also changes); plaintext shown once."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    name = name.strip() or f"{role} token"
+    if len(name) > 255 or not name.isprintable():
+        raise ValueError("a token name is at most 255 printable characters")
+    new = tokens.new_token("api")
+    row = Token(
+        id=new.token_id,
+        kind="api",
+        role=role,
+        name=name,
+        secret_sha256=new.secret_sha256,
+        created_at=datetime.now(UTC),
+    )
+    with factory.begin() as db:
+        db.add(row)
+    return _info(row), new.plaintext
+
+
+WORDS = {"node": "node", "api": "API"}
+
+
+WORDS = {"node": "node", "api": "API"}
+
+
 def verify(factory: sessionmaker[Session], plaintext: str | None, kind: str) -> TokenInfo:
     """The token's record if it is known, of this kind, and not revoked; else AuthError."""
+    word = WORDS[kind]
+    word = WORDS[kind]
     if not plaintext:
-        raise AuthError(f"no {kind} token presented (authorization: Bearer agft_{kind}_...)")
+        raise AuthError(f"no {word} token presented (authorization: Bearer agft_{kind}_...)")
     try:
         presented = tokens.parse(plaintext)
     except tokens.TokenFormatError as err:
         raise AuthError(str(err)) from None
     if presented.kind != kind:
-        raise AuthError(f"a {presented.kind} token cannot be used here; a {kind} token is needed")
+        raise AuthError(
+            f"a {WORDS[presented.kind]} token cannot be used here; a {word} token is needed"
+        )
     with factory.begin() as db:
         row = db.get(Token, presented.token_id)
         # One answer for unknown and wrong secret: nothing to probe ids with.
         if row is None or not tokens.matches(presented.secret, row.secret_sha256):
-            raise AuthError(f"unknown {kind} token")
+            raise AuthError(f"unknown {word} token")
         if row.revoked_at is not None:
-            raise AuthError(f"{kind} token {row.id} was revoked")
+            raise AuthError(f"{word} token {row.id} was revoked")
         row.last_used_at = datetime.now(UTC)
         return _info(row)
 
 
-def revoke(factory: sessionmaker[Session], what: str) -> list[TokenInfo]:
-    """Revoke a token by id, or every live token of a node id; returns what was revoked."""
+def revoke(factory: sessionmaker[Session], what: str, kind: str = "node") -> list[TokenInfo]:
+    """Revoke a token by id, or (node tokens) every live token of a node id."""
     now = datetime.now(UTC)
+    match = or_(Token.id == what, Token.node_id == what) if kind == "node" else Token.id == what
     with factory.begin() as db:
         rows = db.scalars(
-            select(Token).where(
-                Token.revoked_at.is_(None), or_(Token.id == what, Token.node_id == what)
-            )
+            select(Token).where(Token.revoked_at.is_(None), Token.kind == kind, match)
         ).all()
         for row in rows:
             row.revoked_at = now

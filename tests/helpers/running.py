@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from server.app import create_app
-from server.auth.store import create_node_token
+from server.auth.store import create_api_token, create_node_token
 from server.settings import Settings
 
 
@@ -22,6 +23,17 @@ class RunningServer:
     http_url: str
     grpc_address: str
     settings: Settings
+
+    def api_token(self, role: str = "admin") -> str:
+        """A fresh API token, as `agft token create --role ROLE` would print it."""
+        _, plaintext = create_api_token(self.app.state.session_factory, role, f"test {role}")
+        return plaintext
+
+    def client(self, role: str = "admin") -> httpx.AsyncClient:
+        """An HTTP client of the REST API, authenticated with a fresh token of this role."""
+        return httpx.AsyncClient(
+            base_url=self.http_url, headers={"Authorization": f"Bearer {self.api_token(role)}"}
+        )
 
     def node_token(self, node_id: str) -> str:
         """A fresh node token, as `agft node-token create NODE_ID` would print it."""
