@@ -90,6 +90,9 @@ def test_the_daemonset_has_one_capability_and_no_host_access(tmp_path: Path) -> 
 def test_compose_publishes_on_loopback_and_writes_the_password_once() -> None:
     (compose,) = yaml_docs(ROOT / "docker-compose.yml")
     for name, service in compose["services"].items():
+        if name == "node-tokens":  # one-shot: makes the agents' tokens, then exits
+            assert "restart" not in service
+            continue
         assert service["restart"] == "unless-stopped", name
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
@@ -97,6 +100,13 @@ def test_compose_publishes_on_loopback_and_writes_the_password_once() -> None:
     assert text.count("${POSTGRES_PASSWORD:-") == 1
     assert "agft:agft@" not in text
     assert "server:50051" in compose["services"]["agent-sim-0"]["command"]
+    # Each simulated agent authenticates with the token the one-shot service made for it.
+    for n in (0, 1):
+        agent = compose["services"][f"agent-sim-{n}"]
+        token_file = agent["environment"]["AGFT_AGENT_TOKEN_FILE"]
+        assert token_file == f"/data/sim-node-{n}.token"
+        assert "sim-node-$$n" in compose["services"]["node-tokens"]["command"][0]
+        assert agent["depends_on"]["node-tokens"]["condition"] == "service_completed_successfully"
 
 
 def test_the_agent_image_runs_the_agent_from_its_own_files_only(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ async def test_a_sigkill_costs_at_most_a_few_seconds_of_learning(tmp_path: Path)
     agent = Agent(config, node.backend)
     task = asyncio.create_task(agent.run())
     engine = create_engine(normalise_url(url))
-    lost: list[float] = []
+    lost: list[int] = []  # windows learned but not in the saved state, per kill
     try:
         for _ in range(3):
             env = {"AGFT_POLICY": "agft", "AGFT_STATE_SAVE_INTERVAL_S": "1.0"}
@@ -152,15 +152,21 @@ async def test_a_sigkill_costs_at_most_a_few_seconds_of_learning(tmp_path: Path)
             with engine.connect() as db:
                 decided = db.scalar(select(func.count()).select_from(Decision)) or 0
                 state = db.scalar(select(PolicyState.state))
-            # The learner counts the windows it learned from, across restarts.
+            # The learner counts the windows it learned from, across restarts; decisions
+            # persisted beyond that count were learned and then lost with the process.
             saved = int(state["windows"]) if state else 0
-            # Decisions persisted but not covered by the saved state were learned and lost.
-            lost.append(1 - saved / decided)
+            lost.append(decided - saved - sum(lost))
+            total = decided
     finally:
         engine.dispose()
         agent.stop()
         await asyncio.wait_for(task, 10)
         node.stop()
-    print(f"share of persisted decisions not in the saved state after each kill: {lost}")
-    # Saved every second at 5 windows per second: at most ~10 windows of ~20-60 are lost.
-    assert max(lost) < 0.25
+    print(
+        f"windows of learning lost per SIGKILL: {lost} of {total} decided "
+        f"({sum(lost) / total:.0%} over {len(lost)} kills)"
+    )
+    # States are saved every 1 s at 5 windows/s, and written within the writer's 0.2 s:
+    # a kill costs at most about 1.4 s of windows (7), never the tens a 30-decision
+    # cadence lost.
+    assert all(0 <= n <= 8 for n in lost), lost
