@@ -46,18 +46,16 @@ async def _demo(args: argparse.Namespace) -> None:
         agents.append(Agent(config, node.backend))
     agent_tasks = [asyncio.create_task(a.run()) for a in agents]
     _, admin_token = create_api_token(app.state.session_factory, "admin", "demo admin")
+    base = f"http://{settings.http_host}:{settings.http_port}"
     print(
-        f"AGFT demo: dashboard http://{settings.http_host}:{settings.http_port}/  "
-        f"API http://{settings.http_host}:{settings.http_port}/docs  "
-        f"gRPC {grpc_address}  ({args.nodes} simulated nodes x {args.instances_per_node} "
-        f"instances, {args.gpu}/{args.model}, database {settings.database_url}); "
-        "agents authenticate with node tokens; the stream is plaintext on loopback "
-        "(see docs/DEPLOY.md for TLS)",
-        flush=True,
-    )
-    print(
-        f"Log in at http://{settings.http_host}:{settings.http_port}/login with this admin "
-        f"token (also `Authorization: Bearer` for the API):\n  {admin_token}",
+        f"AGFT demo: {args.nodes} simulated node(s) x {args.instances_per_node} instances "
+        f"({args.gpu} / {args.model}), database {settings.database_url}\n"
+        f"  dashboard  {base}/  (log in at {base}/login with the admin token below)\n"
+        f"  REST API   {base}/docs  (Authorization: Bearer <token>)\n"
+        f"  agents     gRPC {grpc_address}, one node token each, plaintext on loopback "
+        "(TLS: docs/DEPLOY.md)\n"
+        f"  admin token:\n  {admin_token}\n"
+        "Ctrl-C stops the demo; agents reset their GPUs to default clocks on the way out.",
         flush=True,
     )
 
