@@ -22,7 +22,10 @@ def _add_server_args(p: argparse.ArgumentParser, port: int | None, grpc_port: in
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (AGFT_DATABASE_URL, default sqlite:///agft.db)"
     )
-    p.add_argument("--policy", help="decision policy (AGFT_POLICY, default static)")
+    p.add_argument(
+        "--policy",
+        help="decision policy: agft, agft-paper, rule, static, default (AGFT_POLICY, default agft)",
+    )
     p.add_argument(
         "--static-clock-mhz", type=int, help="clock of the static policy (default: none)"
     )

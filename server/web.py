@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, Response
+from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -113,7 +114,10 @@ def web_router(app: FastAPI) -> APIRouter:
 
     @router.get("/instances/{instance_id}", response_class=HTMLResponse)
     def instance_page(
-        instance_id: int, request: Request, db: DbSession, principal: PageViewer
+        instance_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
+        request: Request,
+        db: DbSession,
+        principal: PageViewer,
     ) -> HTMLResponse:
         instance = queries.instance(db, instance_id)
         if instance is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from sqlalchemy import text
 
 from server.api.auth import require_viewer
@@ -32,8 +33,12 @@ def list_instances(db: DbSession) -> list[InstanceOut]:
     return [InstanceOut.model_validate(i) for i in queries.instances(db)]
 
 
+# Ids are 32-bit in the instances table: a larger one is a clear 422, never a 500.
+InstanceId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="instance id")]
+
+
 @router.get("/instances/{instance_id}", response_model=InstanceOut)
-def get_instance(instance_id: int, db: DbSession) -> InstanceOut:
+def get_instance(instance_id: InstanceId, db: DbSession) -> InstanceOut:
     found = queries.instance(db, instance_id)
     if found is None:
         raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
@@ -42,11 +47,12 @@ def get_instance(instance_id: int, db: DbSession) -> InstanceOut:
 
 @router.get("/instances/{instance_id}/decisions", response_model=DecisionPage)
 def list_decisions(
-    instance_id: int,
+    instance_id: InstanceId,
     db: DbSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[
-        int | None, Query(ge=1, description="id cursor from the previous page")
+        int | None,
+        Query(ge=1, le=2**63 - 1, description="id cursor from the previous page"),
     ] = None,
 ) -> DecisionPage:
     if queries.instance(db, instance_id) is None:

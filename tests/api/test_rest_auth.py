@@ -131,3 +131,17 @@ def test_token_cli_creates_lists_and_revokes(
     assert main(["token", "--database-url", url, "revoke", presented.token_id]) == 0
     assert "revoked" in capsys.readouterr().out
     assert main(["token", "--database-url", url, "revoke", presented.token_id]) == 1
+
+
+async def test_ids_past_the_columns_range_are_422_not_500(database_url: str) -> None:
+    async with running_server(database_url) as srv, srv.client("viewer") as client:
+        for path in (
+            "/api/v1/instances/9223372036854775808",
+            "/api/v1/instances/3000000000",
+            "/api/v1/instances/3000000000/decisions",
+            "/api/v1/instances/1/decisions?before_id=9223372036854775808",
+            "/api/v1/instances/0",
+        ):
+            answer = await client.get(path)
+            assert answer.status_code == 422, (path, answer.status_code)
+        assert (await client.get("/api/v1/instances/2147483647")).status_code == 404
