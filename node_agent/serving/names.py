@@ -1,7 +1,8 @@
 """Metric names of each serving engine and generation, mapped to one meaning each.
 
-The first name listed wins when a server exposes both (vLLM kept some legacy names
-alive behind a flag for a while).
+The first name listed wins when a server exposes both (vLLM 0.9-0.10 exported the old
+and the new KV-cache and prefix-cache names side by side). Checked against the engines'
+own source; tests/data/serving/ holds samples of each (README there says which source).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class EngineNames:
     iteration_tokens: tuple[str, ...]
 
 
+# vllm/v1/metrics/loggers.py (PrometheusStatLogger), labels model_name and engine (the
+# engine-core index: data parallel ranks are separate series). 0.9-0.10 export both
+# vllm:gpu_cache_usage_perc and vllm:kv_cache_usage_perc, both gpu_prefix_cache_* and
+# prefix_cache_* (commit 005a810b); later versions drop the gpu_ ones and rename
+# vllm:time_per_output_token_seconds to vllm:inter_token_latency_seconds.
+# vllm:request_success_total has one series per finished_reason (stop, length, abort),
+# summed here into one count of finished requests.
 VLLM = EngineNames(
     running=("vllm:num_requests_running",),
     waiting=("vllm:num_requests_waiting",),
@@ -42,15 +50,24 @@ VLLM = EngineNames(
     iteration_tokens=("vllm:iteration_tokens_total",),
 )
 
+# python/sglang/srt/metrics/collector.py (commit 00ae9c15): the scheduler's gauges and
+# counters (SchedulerMetricsCollector) and the tokenizer's counters and histograms
+# (TokenizerMetricsCollector). Retractions (SGLang's preemptions) are the counter
+# sglang:num_retracted_requests_total; sglang:num_retracted_reqs is a gauge of the last
+# interval and there never was a sglang:num_retracted_reqs_total. SGLang has no prefix
+# cache query counter: sglang:cached_tokens_total counts the cached prompt tokens of
+# finished requests, out of sglang:prompt_tokens_total, which is what vLLM's hits out of
+# queries mean (tokens). Older SGLang (docs/references/production_metrics.md) named the
+# inter-token histogram sglang:time_per_output_token_seconds. No iteration histogram.
 SGLANG = EngineNames(
     running=("sglang:num_running_reqs",),
     waiting=("sglang:num_queue_reqs",),
     kv_cache_usage=("sglang:token_usage",),
     prompt_tokens=("sglang:prompt_tokens_total",),
     generation_tokens=("sglang:generation_tokens_total",),
-    preemptions=("sglang:num_retracted_reqs_total",),
-    prefix_cache_queries=(),
-    prefix_cache_hits=(),
+    preemptions=("sglang:num_retracted_requests_total",),
+    prefix_cache_queries=("sglang:prompt_tokens_total",),
+    prefix_cache_hits=("sglang:cached_tokens_total",),
     requests_finished=("sglang:num_requests_total",),
     ttft=("sglang:time_to_first_token_seconds",),
     inter_token_latency=(
@@ -62,3 +79,26 @@ SGLANG = EngineNames(
 )
 
 BY_ENGINE = {"vllm": VLLM, "sglang": SGLANG}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLabels:
+    """How an engine's label sets relate to serving instances."""
+
+    # Labels that tell instances apart on one endpoint: samples differing in one of them
+    # are different engines or models, never to be added up unasked.
+    instance: tuple[str, ...]
+    # Labels whose values are copies of one number, not parts of it: taken once (the
+    # largest), not summed. Any other label is a part of the instance and is summed
+    # (vLLM's finished_reason, SGLang's dp_rank under data-parallel attention).
+    replica: tuple[str, ...] = ()
+
+
+LABELS_BY_ENGINE = {
+    "vllm": EngineLabels(instance=("engine", "model_name")),
+    # python/sglang/srt/managers/scheduler_metrics_mixin.py (init_metrics): every
+    # tensor-parallel rank runs a scheduler over the same batch and exports it with its
+    # own tp_rank (and pp_rank), so a TP-2 server shows num_running_reqs twice. The
+    # tokenizer's series carry model_name only.
+    "sglang": EngineLabels(instance=("model_name",), replica=("tp_rank", "pp_rank")),
+}

@@ -42,6 +42,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from prometheus_client.parser import text_string_to_metric_families
 
 from node_agent.serving import exposition
@@ -126,11 +127,16 @@ def deliberate(line: str) -> str | None:
     return None
 
 
+def _event(what: str) -> None:
+    if currently_in_test_context():  # check_agrees also serves plain tests
+        event(what)
+
+
 def check_agrees(text: str) -> None:
     expected = theirs(text)
     got = ours(text)
     if expected is None:
-        event("refused by both")
+        _event("refused by both")
         assert isinstance(got, exposition.ExpositionError), (
             f"prometheus_client refuses {text!r}, we accept it as {got}"
         )
@@ -143,9 +149,9 @@ def check_agrees(text: str) -> None:
         assert why is not None, (
             f"prometheus_client accepts {text!r} as {expected}, we refuse it: {got}"
         )
-        event(f"deliberately refused: {why}")
+        _event(f"deliberately refused: {why}")
         return
-    event(
+    _event(
         "accepted by both"
         + (" (counter renamed)" if any(e[0] == "counter" for e in expected) else "")
     )
