@@ -81,8 +81,14 @@ def wanted_names(names: EngineNames) -> frozenset[str]:
 
 
 def _seen(by_name: dict[str, list[Sample]], keys: tuple[str, ...]) -> dict[str, set[str]]:
+    """The values each of keys takes. Buckets are skipped for speed: a histogram's _count
+    series carries the same label sets without the dozens of le values."""
     seen: dict[str, set[str]] = {k: set() for k in keys}
-    for series in by_name.values():
+    if not keys:
+        return seen
+    for name, series in by_name.items():
+        if name.endswith("_bucket"):
+            continue
         for s in series:
             for k, v in s.labels:
                 if k in seen:
@@ -151,6 +157,7 @@ def _histogram(
     buckets = by_name.get(base + "_bucket")
     if not buckets:
         return None
+    # le -> the bucket's series (its parts; and replicas, collapsed below)
     per_le: dict[float, list[Sample]] = defaultdict(list)
     for s in buckets:
         le = s.label("le")
@@ -165,7 +172,10 @@ def _histogram(
     if total_sum is None or total_count is None or math.inf not in per_le:
         return None
     bounds = sorted(b for b in per_le if math.isfinite(b))
-    cumulative = [math.fsum(_collapse(per_le[b], replica)) for b in [*bounds, math.inf]]
+    if replica:
+        cumulative = [math.fsum(_collapse(per_le[b], replica)) for b in [*bounds, math.inf]]
+    else:
+        cumulative = [math.fsum(s.value for s in per_le[b]) for b in [*bounds, math.inf]]
     if any(not math.isfinite(v) for v in cumulative):
         return None
     return CumulativeHistogram(tuple(bounds), tuple(cumulative), total_sum, total_count)
