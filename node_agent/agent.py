@@ -215,7 +215,13 @@ class Agent:
 
     async def _window_loop(self, http: httpx.AsyncClient, send: Callable[..., None]) -> None:
         scrapers = {
-            i.name: ServingScraper(i.metrics_url, i.engine, http, self.config.scrape_timeout_s)
+            i.name: ServingScraper(
+                i.metrics_url,
+                i.engine,
+                http,
+                self.config.scrape_timeout_s,
+                match_labels=i.match_labels,
+            )
             for i in self.config.instances
         }
         sampler = GpuWindowSampler(
