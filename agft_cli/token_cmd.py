@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 def _when(value: object) -> str:
     return "-" if value is None else str(value)[:19]
 
 
-def run_node_token(args: argparse.Namespace) -> int:
+@contextmanager
+def _database(args: argparse.Namespace) -> Iterator[sessionmaker[Session]]:
+    """The token table's database (AGFT_DATABASE_URL or --database-url), migrated first."""
     # Imported here: the parser is built for every command, `agft agent` included, and
     # a GPU node has none of the server's dependencies.
-    from server.auth.store import create_node_token, list_tokens, revoke
     from server.settings import Settings
     from server.store.database import make_engine, make_session_factory
     from server.store.migrate import upgrade_to_head
@@ -20,8 +27,16 @@ def run_node_token(args: argparse.Namespace) -> int:
     url = args.database_url or Settings().database_url
     upgrade_to_head(url)  # a fresh database works too
     engine = make_engine(url)
-    factory = make_session_factory(engine)
     try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def run_node_token(args: argparse.Namespace) -> int:
+    from server.auth.store import create_node_token, list_tokens, revoke
+
+    with _database(args) as factory:
         if args.action == "create":
             try:
                 info, plaintext = create_node_token(factory, args.node_id)
@@ -55,8 +70,6 @@ def run_node_token(args: argparse.Namespace) -> int:
         if not rows:
             print("(no node tokens yet: `agft node-token create NODE_ID`)")
         return 0
-    finally:
-        engine.dispose()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,15 +90,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_api_token(args: argparse.Namespace) -> int:
     from server.auth.store import create_api_token, list_tokens, revoke
-    from server.settings import Settings
-    from server.store.database import make_engine, make_session_factory
-    from server.store.migrate import upgrade_to_head
 
-    url = args.database_url or Settings().database_url
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    try:
+    with _database(args) as factory:
         if args.action == "create":
             try:
                 info, plaintext = create_api_token(factory, args.role, args.name or "")
@@ -116,8 +122,6 @@ def run_api_token(args: argparse.Namespace) -> int:
         if not rows:
             print("(no API tokens yet: `agft token create --role admin`)")
         return 0
-    finally:
-        engine.dispose()
 
 
 def add_api_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
