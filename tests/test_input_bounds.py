@@ -7,7 +7,6 @@ energy is unknown.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -15,35 +14,9 @@ import pytest
 
 from agft.v1 import agent_pb2 as pb
 from tests.helpers.raw_agent import RawStream, hello, window
-from tests.helpers.running import RunningServer, running_server
+from tests.helpers.running import running_server
 
 NOW = 1_780_000_000.0
-
-
-async def _decisions(srv: RunningServer) -> list[dict[str, object]]:
-    async with srv.client() as client:
-        instances = (await client.get("/api/v1/instances")).json()
-        page = (await client.get(f"/api/v1/instances/{instances[0]['id']}/decisions")).json()
-        return page["items"]  # type: ignore[no-any-return]
-
-
-async def _wait_for(srv: RunningServer, count: int) -> list[dict[str, object]]:
-    items: list[dict[str, object]] = []
-    for _ in range(100):
-        items = await _decisions(srv)
-        if len(items) >= count:
-            return items
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {count} decisions, have {len(items)}")
-
-
-async def _drain(stream: RawStream, wait_s: float = 0.3) -> list[pb.ServerMessage]:
-    seen = []
-    while True:
-        try:
-            seen.append(await stream.read(wait_s))
-        except TimeoutError:
-            return seen
 
 
 async def test_out_of_range_windows_are_refused_and_their_neighbours_decided(
@@ -62,7 +35,7 @@ async def test_out_of_range_windows_are_refused_and_their_neighbours_decided(
             err = (await stream.read_kind("error")).error
             assert (err.seq, err.code) == (seq, "invalid_value")
             assert "window_start_s" in err.message and "2100" in err.message
-            await _wait_for(srv, 1)
+            await srv.wait_for_decisions(1)
 
             # 1e308 tokens over 1-2 ms passed validation and became infinity in a JSON column.
             huge = window(start=NOW + 1, energy_j=0.5)
@@ -90,7 +63,7 @@ async def test_out_of_range_windows_are_refused_and_their_neighbours_decided(
             assert "command_id" in err.message and "at most 64" in err.message
 
             stream.send(telemetry=pb.Telemetry(windows=[window(start=NOW + 5)]))
-            items = await _wait_for(srv, 2)
+            items = await srv.wait_for_decisions(2)
             assert len(items) == 2  # the two good windows, nothing else
         finally:
             await stream.close()
@@ -116,7 +89,7 @@ async def test_an_ack_with_a_nul_byte_is_stored_and_persistence_goes_on(
             )
             for n in range(1, 4):
                 stream.send(telemetry=pb.Telemetry(windows=[window(start=NOW + n)]))
-            await _wait_for(srv, 4)
+            await srv.wait_for_decisions(4)
             await srv.app.state.writer.flush()
             async with srv.client() as client:
                 health = (await client.get("/healthz")).json()
@@ -205,8 +178,8 @@ async def test_no_policy_lowers_a_clock_on_unknown_telemetry(
             await stream.read_kind("welcome")
             for n in range(12):
                 stream.send(telemetry=pb.Telemetry(windows=[_starved(NOW + n, case)]))
-            items = await _wait_for(srv, 12)
-            seen = await _drain(stream)
+            items = await srv.wait_for_decisions(12)
+            seen = await stream.drain()
         finally:
             await stream.close()
     kinds = [m.WhichOneof("body") for m in seen]

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from agft.v1 import agent_pb2 as pb
 from tests.helpers.raw_agent import RawStream, hello, window
-from tests.helpers.running import RunningServer, running_server
-
-
-async def _decisions(srv: RunningServer, instance_name: str = "vllm-0") -> list[dict[str, object]]:
-    async with srv.client() as client:
-        instances = (await client.get("/api/v1/instances")).json()
-        inst = next(i for i in instances if i["name"] == instance_name)
-        page = (await client.get(f"/api/v1/instances/{inst['id']}/decisions")).json()
-        return page["items"]  # type: ignore[no-any-return]
-
-
-async def _wait_for_decisions(srv: RunningServer, count: int) -> list[dict[str, object]]:
-    for _ in range(100):
-        items = await _decisions(srv)
-        if len(items) >= count:
-            return items
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {count} decisions, have {len(items)}")
+from tests.helpers.running import running_server
 
 
 async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str) -> None:
@@ -37,7 +19,7 @@ async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str
             stream.send(telemetry=pb.Telemetry(windows=[window(start=1000.0)]))
             first = await stream.read()
             assert first.WhichOneof("body") == "reset_clocks"  # static policy: default clocks
-            await _wait_for_decisions(srv, 1)
+            await srv.wait_for_decisions(1)
 
             seq = stream.send(telemetry=pb.Telemetry(windows=[window(instance="vllm-9")]))
             err = (await stream.read_kind("error")).error
@@ -76,7 +58,7 @@ async def test_bad_messages_get_errors_and_the_stream_survives(database_url: str
                 telemetry=pb.Telemetry(windows=[window(start=1001.0), window(instance="ghost")])
             )
             assert (await stream.read_kind("error")).error.code == "unknown_instance"
-            items = await _wait_for_decisions(srv, 2)
+            items = await srv.wait_for_decisions(2)
             oldest = items[-1]["window_start"]
             assert isinstance(oldest, str) and oldest.startswith("1970-01-01T00:16:40")  # 1000 s
             assert len(items) == 2  # nothing accepted was lost, nothing bad was stored

@@ -121,6 +121,15 @@ class RawStream:
             raise item
         return item
 
+    async def drain(self, wait_s: float = 0.3) -> list[pb.ServerMessage]:
+        """Everything the server sends until it is quiet for wait_s."""
+        seen = []
+        while True:
+            try:
+                seen.append(await self.read(wait_s))
+            except TimeoutError:
+                return seen
+
     async def read_kind(self, kind: str, wait_s: float = 5.0) -> pb.ServerMessage:
         """Read until a message of this kind arrives (others are collected in .seen)."""
         while True:

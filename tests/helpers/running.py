@@ -35,6 +35,26 @@ class RunningServer:
             base_url=self.http_url, headers={"Authorization": f"Bearer {self.api_token(role)}"}
         )
 
+    async def decisions(self, instance_name: str = "vllm-0") -> list[dict[str, Any]]:
+        """The newest page of an instance's decisions, read through the REST API."""
+        async with self.client() as client:
+            instances = (await client.get("/api/v1/instances")).json()
+            inst = next(i for i in instances if i["name"] == instance_name)
+            page = (await client.get(f"/api/v1/instances/{inst['id']}/decisions")).json()
+            return page["items"]  # type: ignore[no-any-return]
+
+    async def wait_for_decisions(
+        self, count: int, instance_name: str = "vllm-0"
+    ) -> list[dict[str, Any]]:
+        """Poll until at least count decisions are stored (the writer batches them)."""
+        items: list[dict[str, Any]] = []
+        for _ in range(100):
+            items = await self.decisions(instance_name)
+            if len(items) >= count:
+                return items
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"expected {count} decisions, have {len(items)}")
+
     def node_token(self, node_id: str) -> str:
         """A fresh node token, as `agft node-token create NODE_ID` would print it."""
         _, plaintext = create_node_token(self.app.state.session_factory, node_id)
