@@ -10,7 +10,6 @@ on a timer, so a kill costs at most a few seconds of it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -23,12 +22,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, func, select
 
-from node_agent.agent import Agent
 from server.auth.store import create_node_token
 from server.store.database import make_engine, make_session_factory, normalise_url
 from server.store.migrate import upgrade_to_head
 from server.store.models import Decision, PolicyState
-from tests.helpers.simnode import agent_config, eventually, free_port, sim_node
+from tests.helpers.simnode import agent_at, eventually, free_port
 
 LEASE_S = 1.0
 TRIALS = 5
@@ -94,15 +92,9 @@ async def test_every_lowered_clock_is_back_at_default_after_each_sigkill(tmp_pat
     url = f"sqlite:///{tmp_path / 'agft.db'}"
     token = _token(url, "kill-node")
     http_port, grpc_port = free_port(), free_port()
-    node = await asyncio.to_thread(sim_node, "kill-node", 2)
-    config = dataclasses.replace(
-        agent_config(node, f"127.0.0.1:{grpc_port}", "kill-node"), token=token
-    )
-    agent = Agent(config, node.backend)
-    backend = node.backend
-    task = asyncio.create_task(agent.run())
     reset_after: list[float] = []
-    try:
+    async with agent_at(f"127.0.0.1:{grpc_port}", "kill-node", token) as ra:
+        backend = ra.node.backend
         for trial in range(TRIALS):
             env = {"AGFT_POLICY": "static", "AGFT_STATIC_CLOCK_MHZ": "1200"}
             with server_process(url, http_port, grpc_port, **env) as proc:
@@ -119,49 +111,37 @@ async def test_every_lowered_clock_is_back_at_default_after_each_sigkill(tmp_pat
                     f"clocks back at default (trial {trial})",
                 )
                 reset_after.append(time.monotonic() - killed_at)
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 10)
-        node.stop()
     print(f"reset after SIGKILL, {TRIALS} trials, lease {LEASE_S} s: {reset_after}")
     assert len(reset_after) == TRIALS
     # The lease runs on the agent's clock; the lease checker adds its tick.
     assert max(reset_after) <= LEASE_S + 0.5
-    assert agent.sessions_started >= TRIALS
+    assert ra.agent.sessions_started >= TRIALS
 
 
 async def test_a_sigkill_costs_at_most_a_few_seconds_of_learning(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'agft.db'}"
     token = _token(url, "learn-node")
     http_port, grpc_port = free_port(), free_port()
-    node = await asyncio.to_thread(sim_node, "learn-node", 1)
-    config = dataclasses.replace(
-        agent_config(node, f"127.0.0.1:{grpc_port}", "learn-node"), token=token
-    )
-    agent = Agent(config, node.backend)
-    task = asyncio.create_task(agent.run())
     engine = create_engine(normalise_url(url))
     lost: list[int] = []  # windows learned but not in the saved state, per kill
+    total = 0
     try:
-        for _ in range(3):
-            env = {"AGFT_POLICY": "agft", "AGFT_STATE_SAVE_INTERVAL_S": "1.0"}
-            with server_process(url, http_port, grpc_port, **env) as proc:
-                await asyncio.sleep(4.0)  # 20 windows of 0.2 s
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-            with engine.connect() as db:
-                decided = db.scalar(select(func.count()).select_from(Decision)) or 0
-                state = db.scalar(select(PolicyState.state))
-            # The learner counts the windows it learned from, across restarts; decisions
-            # persisted beyond that count were learned and then lost with the process.
-            saved = int(state["windows"]) if state else 0
-            lost.append(decided - saved - sum(lost))
-            total = decided
+        async with agent_at(f"127.0.0.1:{grpc_port}", "learn-node", token, instances=1):
+            for _ in range(3):
+                env = {"AGFT_POLICY": "agft", "AGFT_STATE_SAVE_INTERVAL_S": "1.0"}
+                with server_process(url, http_port, grpc_port, **env) as proc:
+                    await asyncio.sleep(4.0)  # 20 windows of 0.2 s
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(10)
+                with engine.connect() as db:
+                    total = db.scalar(select(func.count()).select_from(Decision)) or 0
+                    state = db.scalar(select(PolicyState.state))
+                # The learner counts the windows it learned from, across restarts;
+                # decisions persisted beyond that count were learned and then lost.
+                saved = int(state["windows"]) if state else 0
+                lost.append(total - saved - sum(lost))
     finally:
         engine.dispose()
-        agent.stop()
-        await asyncio.wait_for(task, 10)
-        node.stop()
     print(
         f"windows of learning lost per SIGKILL: {lost} of {total} decided "
         f"({sum(lost) / total:.0%} over {len(lost)} kills)"

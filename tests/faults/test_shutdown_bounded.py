@@ -4,7 +4,6 @@ and what it accepted but could not write is in the spill file, not lost."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import sqlite3
@@ -13,9 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from node_agent.agent import Agent
 from tests.faults.test_server_sigkill import _token, server_process
-from tests.helpers.simnode import agent_config, eventually, free_port, sim_node
+from tests.helpers.simnode import agent_at, eventually, free_port
 
 
 async def test_sigterm_with_a_locked_database_exits_and_spills(tmp_path: Path) -> None:
@@ -24,18 +22,13 @@ async def test_sigterm_with_a_locked_database_exits_and_spills(tmp_path: Path) -
     token = _token(url, "term-node")
     spill = tmp_path / "unwritten.jsonl"
     http_port, grpc_port = free_port(), free_port()
-    node = await asyncio.to_thread(sim_node, "term-node", 1)
-    config = dataclasses.replace(
-        agent_config(node, f"127.0.0.1:{grpc_port}", "term-node"), token=token
-    )
-    agent = Agent(config, node.backend)
-    task = asyncio.create_task(agent.run())
     env = {
         "AGFT_PERSIST_SPILL_PATH": str(spill),
         "AGFT_PERSIST_SHUTDOWN_S": "1",
         "AGFT_PERSIST_STUCK_AFTER_S": "1",
     }
-    try:
+    async with agent_at(f"127.0.0.1:{grpc_port}", "term-node", token, instances=1) as ra:
+        agent = ra.agent
         with server_process(url, http_port, grpc_port, **env) as proc:
             await eventually(lambda: agent.windows_sent >= 3, 20, "windows flowing")
             # Another process holds the database: every write now fails as "locked".
@@ -55,10 +48,6 @@ async def test_sigterm_with_a_locked_database_exits_and_spills(tmp_path: Path) -
             finally:
                 holder.rollback()
                 holder.close()
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 10)
-        node.stop()
     print(f"SIGTERM with a locked database: exit {code} after {took:.1f} s")
     # Bounded: 1 s for the writer, a write already waiting on SQLite's 5 s busy
     # timeout, the gRPC grace period.

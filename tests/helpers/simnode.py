@@ -54,10 +54,17 @@ async def running_agent(
     server: RunningServer, name: str = "test-node", instances: int = 2
 ) -> AsyncIterator[RunningAgent]:
     """A simulated node and its agent, with a node token the server just made for it."""
+    async with agent_at(server.grpc_address, name, server.node_token(name), instances) as ra:
+        yield ra
+
+
+@asynccontextmanager
+async def agent_at(
+    address: str, name: str, token: str, instances: int = 2
+) -> AsyncIterator[RunningAgent]:
+    """A simulated node and its agent on a server address (which may come and go)."""
     node = await asyncio.to_thread(sim_node, name, instances)
-    config = dataclasses.replace(
-        agent_config(node, server.grpc_address, name), token=server.node_token(name)
-    )
+    config = dataclasses.replace(agent_config(node, address, name), token=token)
     agent = Agent(config, node.backend)
     task = asyncio.create_task(agent.run())
     try:
