@@ -371,6 +371,7 @@ class Agent:
                     metrics_url=i.metrics_url,
                     model_name=i.model_name,
                     gpu_indices=i.gpu_indices,
+                    labels=dict(i.labels),
                 )
                 for i in self.config.instances
             ],

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agft.engines import ENGINE_NAMES
+from agft.labels import MAX_LABELS, label_problem
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ class InstanceConfig:
     # Only /metrics samples carrying all these labels belong to this instance, so one
     # endpoint serving several engines or models can feed several instances.
     match_labels: tuple[tuple[str, str], ...] = ()
+    # What SLO policies select pools by (pool, region, ...), sent to the server in Hello.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,15 @@ OPTIONAL_TEXT_KEYS = (
 )
 BOOL_KEYS = ("allow_plaintext",)
 TOP_LEVEL_KEYS = (*TEXT_KEYS, *DURATION_KEYS, *OPTIONAL_TEXT_KEYS, *BOOL_KEYS)
-INSTANCE_KEYS = ("name", "metrics_url", "gpu_indices", "engine", "model_name", "match_labels")
+INSTANCE_KEYS = (
+    "name",
+    "metrics_url",
+    "gpu_indices",
+    "engine",
+    "model_name",
+    "match_labels",
+    "labels",
+)
 REQUIRED_INSTANCE_KEYS = ("name", "metrics_url", "gpu_indices")
 # What --instance SPEC calls a key -> the file's name for it, for a hint on a mix-up.
 _SPEC_NAMES = {"url": "metrics_url", "gpus": "gpu_indices", "model": "model_name"}
@@ -260,16 +271,8 @@ def _instance_from_table(raw: object, where: _Instances) -> InstanceConfig:
         raise ConfigError(
             f"{where.at('gpu_indices')}: expected a list of integers, got {_show(gpus)}"
         )
-    labels = raw.get("match_labels", {})
-    if not isinstance(labels, dict):
-        raise ConfigError(
-            f'{where.at("match_labels")}: expected a table of label = "value", got {_show(labels)}'
-        )
-    for label, value in labels.items():
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{where.at('match_labels.' + label)}: expected a string, got {_show(value)}"
-            )
+    match_labels = _label_table(raw, "match_labels", where)
+    labels = _label_table(raw, "labels", where)
     for key in ("name", "metrics_url", "engine", "model_name"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{where.at(key)}: expected a string, got {_show(raw[key])}")
@@ -279,8 +282,23 @@ def _instance_from_table(raw: object, where: _Instances) -> InstanceConfig:
         gpu_indices=tuple(gpus),
         engine=raw.get("engine", "vllm"),
         model_name=raw.get("model_name", ""),
-        match_labels=tuple(sorted(labels.items())),
+        match_labels=tuple(sorted(match_labels.items())),
+        labels=tuple(sorted(labels.items())),
     )
+
+
+def _label_table(raw: dict[str, object], key: str, where: _Instances) -> dict[str, str]:
+    labels = raw.get(key, {})
+    if not isinstance(labels, dict):
+        raise ConfigError(
+            f'{where.at(key)}: expected a table of label = "value", got {_show(labels)}'
+        )
+    for label, value in labels.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where.at(key + '.' + label)}: expected a string, got {_show(value)}"
+            )
+    return labels
 
 
 def _check_instance(inst: InstanceConfig, where: _Instances) -> None:
@@ -312,6 +330,12 @@ def _check_instance(inst: InstanceConfig, where: _Instances) -> None:
     for label, _value in inst.match_labels:
         if not label:
             raise ConfigError(f"{where.at('match_labels')}: a label name must not be empty")
+    if len(inst.labels) > MAX_LABELS:
+        raise ConfigError(f"{where.at('labels')}: at most {MAX_LABELS} labels")
+    for label, value in inst.labels:
+        problem = label_problem(label, value)
+        if problem:
+            raise ConfigError(f"{where.at('labels.' + label)}: {problem}")
 
 
 def parse_instance_spec(spec: str) -> InstanceConfig:

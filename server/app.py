@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.routes import health_router, router
 from server.control.policy import SloTargets
-from server.control.registry import policy_factory
 from server.fleet.service import FleetService
 from server.grpc.servicer import SERVICE, AgentLinkServicer, add_to_server
 from server.settings import Settings
+from server.slo.controllers import controller_factory
+from server.slo.spec import SERVER_DEFAULT, SloSpec
 from server.store.database import make_engine, make_session_factory
 from server.store.migrate import upgrade_to_head
 from server.store.writer import BatchWriter
@@ -74,13 +75,25 @@ def _bound(bind: Callable[[], int], address: str) -> int:
         ) from None
 
 
+def server_default_spec(settings: Settings) -> SloSpec:
+    """The policy of every instance no SLO policy covers: the server's settings."""
+    static = settings.policy == "static" and settings.static_clock_mhz is not None
+    return SloSpec(
+        id=None,
+        name="server default",
+        scope=SERVER_DEFAULT,
+        targets=SloTargets(settings.slo_ttft_s, settings.slo_tpot_s, settings.slo_percentile),
+        max_p90_slowdown=settings.slo_max_p90_slowdown,
+        max_attainment_loss_points=settings.slo_max_attainment_loss_points,
+        controller=settings.policy,
+        tunables={"clock_mhz": settings.static_clock_mhz} if static else {},
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    make_policy = policy_factory(  # fails fast on an unknown name
-        settings.policy,
-        slo=SloTargets(settings.slo_ttft_s, settings.slo_tpot_s, settings.slo_percentile),
-        static_clock_mhz=settings.static_clock_mhz,
-    )
+    default_spec = server_default_spec(settings)
+    controller_factory(default_spec)  # fails fast on an unknown name or tunable
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,12 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fleet = FleetService(
             factory,
             writer,
-            make_policy,
+            default_spec,
             window_s=settings.window_s,
             lease_s=settings.lease_s,
             server_version=server_version(),
             state_save_interval_s=settings.state_save_interval_s,
         )
+        await fleet.load_control()
         fleet.start()
         # No SO_REUSEPORT: a second server on the same port must fail, not split the agents.
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

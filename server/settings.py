@@ -30,6 +30,18 @@ class Settings(BaseSettings):
     slo_percentile: float = Field(
         default=90.0, gt=0, lt=100, description="percentile the objectives apply to"
     )
+    slo_max_p90_slowdown: float | None = Field(
+        default=0.10,
+        ge=0,
+        le=10,
+        description="default promise: most p90 slowdown against default clocks (unset: none)",
+    )
+    slo_max_attainment_loss_points: float | None = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="default promise: most SLO attainment (points) given up against default",
+    )
     migrate_on_start: bool = Field(
         default=True, description="run `alembic upgrade head` when the server starts"
     )

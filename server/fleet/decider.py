@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agft.v1 import agent_pb2 as pb
+from server.control.features import window_features
 from server.control.observation import HistogramDelta, Observation
 from server.control.policy import ClockArms, ClockDecision
 from server.fleet import validation
@@ -49,6 +50,71 @@ def decide_window(
 ) -> Outcome:
     """Validate, decide, and build the command. Raises InvalidMessageError on bad input."""
     obs = validation.observation(window, runtime.gpu_indices)
+    if runtime.mode == "off":
+        # The admin turned control off: the controller is not even asked.
+        decision = ClockDecision(None, "mode off: default clocks", window_features(obs))
+    else:
+        decision = _controller_decision(runtime, obs)
+    if runtime.mode == "pinned" and runtime.pinned_mhz is not None:
+        decision = ClockDecision(
+            runtime.pinned_mhz,
+            f"pinned at {runtime.pinned_mhz} MHz by an admin; controller: {decision.reason}",
+            decision.features,
+            decision.reward,
+        )
+    if runtime.monitor_only:
+        # Decided and recorded (what we would do), never sent: the agent cannot lock
+        # these GPUs, and asking again would only make it refuse again.
+        command, command_row = None, None
+        decision = ClockDecision(
+            decision.sm_clock_mhz,
+            f"monitor-only ({runtime.monitor_only_reason}); would: {decision.reason}",
+            decision.features,
+            decision.reward,
+        )
+    elif runtime.mode == "observe":
+        # Recorded as what the controller would do; the GPU stays at default clocks (a
+        # lock still held from before is released).
+        decision = ClockDecision(
+            decision.sm_clock_mhz,
+            f"observe; would: {decision.reason}",
+            decision.features,
+            decision.reward,
+        )
+        command, command_row = _command_for(
+            runtime, ClockDecision(None, "observe: default clocks"), now, lease_s, command_id
+        )
+    else:
+        command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
+    runtime.decisions += 1
+    _remember(runtime, obs, decision, now)
+    serving = obs.serving
+    row = {
+        "instance_id": runtime.instance_id,
+        "decided_at": now,
+        "window_start": _ts(obs.window_start_s),
+        "window_end": _ts(obs.window_end_s),
+        "policy": runtime.policy.name,
+        "slo_policy_id": runtime.spec.id if runtime.spec is not None else None,
+        "mode": runtime.mode,
+        "features": finite_features(decision.features),
+        "clock_in_force_mhz": obs.clock_in_force_mhz,
+        "clock_chosen_mhz": decision.sm_clock_mhz,
+        "reason": decision.reason[:255],
+        "command_id": command_row["id"] if command_row else None,
+        "reward": decision.reward,
+        "energy_j": obs.energy_j,
+        "prompt_tokens": serving.prompt_tokens if serving else None,
+        "generation_tokens": serving.generation_tokens if serving else None,
+        "ttft_p50_s": _q(serving.ttft_s, 0.5) if serving else None,
+        "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
+        "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
+        "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
+    }
+    return Outcome(obs, decision, command, row, command_row)
+
+
+def _controller_decision(runtime: InstanceRuntime, obs: Observation) -> ClockDecision:
     decision = runtime.policy.decide(obs, runtime.arms)
     missing = unknown_inputs(obs)
     if decision.sm_clock_mhz is not None and missing:
@@ -69,41 +135,33 @@ def decide_window(
         decision = ClockDecision(
             None, "policy chose an unsupported clock; default", decision.features
         )
-    if runtime.monitor_only:
-        # Decided and recorded (what we would do), never sent: the agent cannot lock
-        # these GPUs, and asking again would only make it refuse again.
-        command, command_row = None, None
-        decision = ClockDecision(
-            decision.sm_clock_mhz,
-            f"monitor-only ({runtime.monitor_only_reason}); would: {decision.reason}",
-            decision.features,
-            decision.reward,
-        )
+    return decision
+
+
+def _remember(
+    runtime: InstanceRuntime, obs: Observation, decision: ClockDecision, now: datetime
+) -> None:
+    """What the API and /metrics show of the instance now."""
+    runtime.last_window_at = now
+    runtime.last_decided_at = now
+    runtime.last_reason = decision.reason
+    # The clock the GPUs ran at when the window closed (the slowest of a TP group).
+    clocks = [g.sm_clock_mhz for g in obs.gpus if g.sm_clock_mhz is not None]
+    runtime.last_clock_mhz = min(clocks) if clocks else None
+    if obs.energy_j is not None:
+        runtime.energy_total_j += obs.energy_j
+        runtime.last_power_w = obs.energy_j / max(obs.duration_s, 1e-6)
     else:
-        command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
-    runtime.decisions += 1
-    serving = obs.serving
-    row = {
-        "instance_id": runtime.instance_id,
-        "decided_at": now,
-        "window_start": _ts(obs.window_start_s),
-        "window_end": _ts(obs.window_end_s),
-        "policy": runtime.policy.name,
-        "features": finite_features(decision.features),
-        "clock_in_force_mhz": obs.clock_in_force_mhz,
-        "clock_chosen_mhz": decision.sm_clock_mhz,
-        "reason": decision.reason[:255],
-        "command_id": command_row["id"] if command_row else None,
-        "reward": decision.reward,
-        "energy_j": obs.energy_j,
-        "prompt_tokens": serving.prompt_tokens if serving else None,
-        "generation_tokens": serving.generation_tokens if serving else None,
-        "ttft_p50_s": _q(serving.ttft_s, 0.5) if serving else None,
-        "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
-        "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
-        "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
-    }
-    return Outcome(obs, decision, command, row, command_row)
+        runtime.last_power_w = None
+
+
+def command_now(
+    runtime: InstanceRuntime, clock: int | None, reason: str, *, now: datetime, lease_s: float
+) -> tuple[pb.ServerMessage | None, dict[str, Any] | None]:
+    """A command sent at once, outside the window cadence (an admin's mode change)."""
+    if runtime.monitor_only:
+        return None, None
+    return _command_for(runtime, ClockDecision(clock, reason), now, lease_s, None)
 
 
 def unknown_inputs(obs: Observation) -> list[str]:

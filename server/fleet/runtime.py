@@ -6,9 +6,13 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from agft.v1 import agent_pb2 as pb
 from server.control.policy import ClockArms, Policy
+from server.slo.spec import SloSpec
+
+MODES = ("auto", "observe", "pinned", "off")
 
 
 @dataclass(slots=True)
@@ -25,6 +29,20 @@ class InstanceRuntime:
     decisions_saved: int = 0  # how many decisions the last saved state covers
     # GPU index -> why the agent cannot lock it; any entry makes the instance monitor-only.
     monitor_only: dict[int, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    # The admin's mode: auto (the controller), observe (decide, never lock), pinned
+    # (pinned_mhz, the admin's clock), off (default clocks).
+    mode: str = "auto"
+    pinned_mhz: int | None = None
+    spec: SloSpec | None = None  # the SLO policy in force (None: outside any fleet)
+    # What the API and /metrics show live, from the last window.
+    last_window_at: datetime | None = None
+    seen_saved: datetime | None = None  # the last_window_at stored as last_seen_at
+    last_power_w: float | None = None
+    last_clock_mhz: int | None = None
+    last_reason: str = ""
+    last_decided_at: datetime | None = None
+    energy_total_j: float = 0.0
 
     @property
     def monitor_only_reason(self) -> str:

@@ -9,20 +9,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from agft.v1 import agent_pb2 as pb
 from server.auth.store import TokenInfo, revoked_among
-from server.control.policy import ClockArms, Policy
+from server.control.policy import ClockArms
 from server.fleet import validation
-from server.fleet.decider import decide_window
+from server.fleet.decider import command_now, decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
+from server.fleet.steering import Steering
 from server.fleet.validation import InvalidMessageError
+from server.slo.spec import SloSpec
 from server.store.policy_states import load_policy_states
-from server.store.registration import mark_disconnected, register_hello, set_monitor_only
+from server.store.registration import (
+    mark_disconnected,
+    register_hello,
+    set_monitor_only,
+    touch_seen,
+)
 from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ class FleetService:
         self,
         factory: sessionmaker[Session],
         writer: BatchWriter,
-        policy_factory: Callable[[], Policy],
+        default_spec: SloSpec,
         *,
         window_s: float,
         lease_s: float,
@@ -58,14 +64,19 @@ class FleetService:
         self._saver: asyncio.Task[None] | None = None
         self._factory = factory
         self._writer = writer
-        self._policy_factory = policy_factory
-        self._policy_name = policy_factory().name  # saved states are keyed by it
+        self.steering = Steering(factory, default_spec)
         self.window_s = window_s
         self.lease_s = lease_s
         self.server_version = server_version
         self.sessions: dict[str, AgentSession] = {}
+        # instance id -> its live session and runtime, for the API's changes
+        self.live: dict[int, tuple[AgentSession, InstanceRuntime]] = {}
 
     # ---- background work -------------------------------------------------------------
+    async def load_control(self) -> None:
+        """Read the SLO policies before the first agent connects."""
+        await self.steering.reload()
+
     def start(self) -> None:
         self._saver = asyncio.create_task(self._save_states_periodically(), name="agft-states")
 
@@ -85,6 +96,10 @@ class FleetService:
             try:
                 self.save_all_states()
                 await self.close_revoked_sessions()
+                await self.touch_last_seen()
+                # Another replica (or a hand edit) may have changed a policy.
+                if await self.steering.reload():
+                    await self.apply_control()
             except Exception:  # never die quietly: log and try again next interval
                 log.exception("periodic fleet upkeep failed")
 
@@ -97,6 +112,21 @@ class FleetService:
             log.warning("node %s: its token %s was revoked; closing", session.node_id, token_id)
             session.close()
         return len(revoked)
+
+    async def touch_last_seen(self) -> None:
+        """Record when each live instance and node last sent a window (not per window)."""
+        seen: dict[int, datetime] = {}
+        nodes: dict[int, datetime] = {}
+        for session in list(self.sessions.values()):
+            for runtime in session.instances.values():
+                at = runtime.last_window_at
+                if at is None or at == runtime.seen_saved:
+                    continue
+                seen[runtime.instance_id] = runtime.seen_saved = at
+                node_at = nodes.get(session.node_pk)
+                nodes[session.node_pk] = max(node_at, at) if node_at else at
+        if seen:
+            await asyncio.to_thread(touch_seen, self._factory, nodes, seen)
 
     def save_all_states(self) -> int:
         """Enqueue the state of every instance that decided since its last save (one batch)."""
@@ -142,12 +172,6 @@ class FleetService:
         if token is not None:
             self._check_owner(hello, token, peer)
         registered = await asyncio.to_thread(register_hello, self._factory, hello)
-        saved = await asyncio.to_thread(
-            load_policy_states,
-            self._factory,
-            list(registered.instance_ids.values()),
-            self._policy_name,
-        )
         gpus = {g.index: g for g in hello.gpus}
         instances: dict[str, InstanceRuntime] = {}
         for inst in hello.instances:
@@ -156,31 +180,23 @@ class FleetService:
                 [list(g.supported_sm_clocks_mhz) for g in group],
                 default_mhz=min(g.default_sm_clock_mhz for g in group),
             )
-            instance_id = registered.instance_ids[inst.name]
-            policy = self._policy_factory()
-            state = saved.get(instance_id)
-            if state is not None:
-                try:
-                    policy.load_state(state)
-                except ValueError as err:
-                    # A state we cannot trust is dropped, not half-applied: learn afresh.
-                    log.error(
-                        "instance %s: saved %s state rejected (%s); starting fresh",
-                        inst.name,
-                        policy.name,
-                        err,
-                    )
-                    policy = self._policy_factory()
+            row = registered.instances[inst.name]
+            spec = self.steering.spec_for(row.id, row.labels)
             instances[inst.name] = InstanceRuntime(
-                instance_id=instance_id,
+                instance_id=row.id,
                 name=inst.name,
                 gpu_indices=tuple(inst.gpu_indices),
                 arms=arms,
-                policy=policy,
+                policy=self.steering.controller(spec)(),
                 monitor_only={
                     g.index: g.monitor_only_reason for g in group if g.monitor_only_reason
                 },
+                labels=row.labels,
+                mode=row.mode,
+                pinned_mhz=row.pinned_sm_clock_mhz,
+                spec=spec,
             )
+        await self._restore_states(list(instances.values()))
         session = AgentSession(hello.node_id, registered.node_pk, instances)
         session.token_id = token.token_id if token is not None else ""
         session.peer = peer
@@ -189,6 +205,8 @@ class FleetService:
             # The old stream went quiet (checked above): the reconnected agent wins.
             previous.close()
         self.sessions[hello.node_id] = session
+        for runtime in instances.values():
+            self.live[runtime.instance_id] = (session, runtime)
         session.send(
             pb.ServerMessage(
                 welcome=pb.Welcome(
@@ -207,8 +225,92 @@ class FleetService:
             self._save_state(runtime)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
+            for runtime in session.instances.values():
+                if self.live.get(runtime.instance_id, (None, None))[0] is session:
+                    del self.live[runtime.instance_id]
             await asyncio.to_thread(mark_disconnected, self._factory, session.node_pk)
         log.info("agent %s disconnected", session.node_id)
+
+    async def _restore_states(self, runtimes: list[InstanceRuntime]) -> None:
+        """Give each runtime its controller's saved learning (one query per controller)."""
+        by_name: dict[str, list[InstanceRuntime]] = {}
+        for runtime in runtimes:
+            by_name.setdefault(runtime.policy.name, []).append(runtime)
+        for name, group in by_name.items():
+            saved = await asyncio.to_thread(
+                load_policy_states, self._factory, [r.instance_id for r in group], name
+            )
+            for runtime in group:
+                state = saved.get(runtime.instance_id)
+                if state is None:
+                    continue
+                try:
+                    runtime.policy.load_state(state)
+                except ValueError as err:
+                    # A state we cannot trust is dropped, not half-applied: learn afresh.
+                    log.error(
+                        "instance %s: saved %s state rejected (%s); starting fresh",
+                        runtime.name,
+                        name,
+                        err,
+                    )
+                    runtime.policy = self.steering.controller(self._spec(runtime))()
+
+    def _spec(self, runtime: InstanceRuntime) -> SloSpec:
+        return runtime.spec or self.steering.default
+
+    # ---- the admin's changes ---------------------------------------------------------
+    async def apply_control(self) -> int:
+        """Retarget every live controller whose SLO policy or controller changed.
+
+        Called right after the API commits a change, so it reaches the controller before
+        the next window. Learning survives a new objective: a controller of the same kind
+        takes over its predecessor's state (its models of power and latency do not depend
+        on the objective); a different controller resumes its own saved state, if any.
+        """
+        switched: list[InstanceRuntime] = []
+        retargeted = 0
+        for _session, runtime in list(self.live.values()):
+            spec = self.steering.spec_for(runtime.instance_id, runtime.labels)
+            if runtime.spec is not None and spec.fingerprint == runtime.spec.fingerprint:
+                runtime.spec = spec  # same policy; a newer revision that changed nothing
+                continue
+            fresh = self.steering.controller(spec)()
+            old = runtime.policy
+            if fresh.name == old.name:
+                try:
+                    fresh.load_state(old.state())
+                except ValueError as err:
+                    log.error("instance %s: state not carried over (%s)", runtime.name, err)
+            else:
+                self._save_state(runtime)
+                switched.append(runtime)
+            runtime.policy = fresh
+            runtime.spec = spec
+            retargeted += 1
+        if switched:
+            await self._restore_states(switched)
+        return retargeted
+
+    def set_mode(self, instance_id: int, mode: str, pinned_mhz: int | None) -> bool:
+        """Apply a stored mode change to the live instance at once; False if not connected."""
+        live = self.live.get(instance_id)
+        if live is None:
+            return False
+        session, runtime = live
+        runtime.mode, runtime.pinned_mhz = mode, pinned_mhz
+        clock = pinned_mhz if mode == "pinned" else None
+        if mode in ("observe", "off", "pinned"):
+            # Released or pinned now, not at the next window.
+            reason = f"mode {mode} set by an admin" + (f": {clock} MHz" if clock else "")
+            command, row = command_now(
+                runtime, clock, reason, now=datetime.now(UTC), lease_s=self.lease_s
+            )
+            if command is not None and row is not None:
+                self._writer.add_command(row)
+                session.remember_command(row["id"], runtime.name)
+                session.send(command)
+        return True
 
     # ---- telemetry -> decisions -> commands ------------------------------------------
     def telemetry(self, session: AgentSession, seq: int, telemetry: pb.Telemetry) -> None:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from agft.labels import MAX_LABELS, label_problem
 from agft.v1 import agent_pb2 as pb
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 
@@ -282,6 +283,12 @@ def check_hello(hello: pb.Hello) -> None:
         prefix = f"instances[{inst.name}]"
         text(f"{prefix}.metrics_url", inst.metrics_url, MAX_URL)
         text(f"{prefix}.model_name", inst.model_name, MAX_NAME)
+        if len(inst.labels) > MAX_LABELS:
+            raise _bad(f"{prefix}.labels", len(inst.labels), f"more than {MAX_LABELS} labels")
+        for name, value in inst.labels.items():
+            problem = label_problem(name, value)
+            if problem:
+                raise InvalidMessageError("invalid_hello", f"{prefix}.labels: {problem}")
         if not inst.gpu_indices:
             raise InvalidMessageError("invalid_hello", f"instance {inst.name} has no GPUs")
         missing = [i for i in inst.gpu_indices if i not in indices]

@@ -69,15 +69,33 @@ class Gpu(Base):
 
 
 class SloPolicy(Base):
+    """Latency objectives, the promises kept besides them, and the controller, for a scope.
+
+    scope is "fleet" (every instance), "pool" (instances whose labels carry all of
+    `selector`) or "instance" (one instance). The most specific scope wins; scope_key
+    makes "one policy per scope" a database constraint on both engines.
+    """
+
     __tablename__ = "slo_policies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_key: Mapped[str] = mapped_column(String(2048), unique=True)
+    selector: Mapped[dict[str, str]] = mapped_column(Json)
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), nullable=True
+    )
     ttft_s: Mapped[float] = mapped_column(Float)
     tpot_s: Mapped[float] = mapped_column(Float)
-    percentile: Mapped[float] = mapped_column(Float, default=90.0)
-    window_s: Mapped[float] = mapped_column(Float, default=60.0)
+    percentile: Mapped[float] = mapped_column(Float)
+    # NULL: no cap, only the SLO counts.
+    max_p90_slowdown: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_attainment_loss_points: Mapped[float | None] = mapped_column(Float, nullable=True)
+    controller: Mapped[str] = mapped_column(String(32))
+    controller_tunables: Mapped[dict[str, Any]] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Instance(Base):
@@ -91,9 +109,15 @@ class Instance(Base):
     metrics_url: Mapped[str] = mapped_column(String(1024))
     model_name: Mapped[str] = mapped_column(String(255))
     gpu_indices: Mapped[list[int]] = mapped_column(Json)
-    slo_policy_id: Mapped[int | None] = mapped_column(
-        ForeignKey("slo_policies.id", ondelete="SET NULL"), nullable=True
-    )
+    # What the agent's config says about the instance (model, pool, region, ...) plus
+    # node, engine and model as given in Hello: what pool policies select on.
+    labels: Mapped[dict[str, str]] = mapped_column(Json, default=dict)
+    # auto | observe | pinned | off, set by an admin; pinned holds pinned_sm_clock_mhz.
+    mode: Mapped[str] = mapped_column(String(16), default="auto")
+    pinned_sm_clock_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mode_note: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    mode_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    mode_changed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Why the agent cannot lock this instance's clocks (NULL: it can): no permission,
@@ -113,6 +137,9 @@ class Decision(Base):
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     policy: Mapped[str] = mapped_column(String(64))
+    # The SLO policy and mode the decision was taken under (NULL policy: server default).
+    slo_policy_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mode: Mapped[str] = mapped_column(String(16), default="auto")
     features: Mapped[dict[str, Any]] = mapped_column(Json)
     # NULL clock means "default clocks / no lock".
     clock_in_force_mhz: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -207,3 +234,18 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Every change an admin made through the API: who, when, what, before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(255))  # "token <id> (<name>)"
+    action: Mapped[str] = mapped_column(String(64))  # e.g. slo_policy.update
+    target: Mapped[str] = mapped_column(String(255))  # e.g. slo_policy 3, instance 7
+    before: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)

@@ -9,14 +9,27 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from agft.engines import engine_from_wire
+from agft.labels import effective_labels
 from agft.v1 import agent_pb2 as pb
 from server.store.models import Gpu, Instance, Node
 
 
 @dataclass(frozen=True, slots=True)
+class RegisteredInstance:
+    id: int
+    labels: dict[str, str]
+    mode: str
+    pinned_sm_clock_mhz: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Registered:
     node_pk: int
-    instance_ids: dict[str, int]
+    instances: dict[str, RegisteredInstance]
+
+    @property
+    def instance_ids(self) -> dict[str, int]:
+        return {name: i.id for name, i in self.instances.items()}
 
 
 def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registered:
@@ -48,12 +61,15 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
         existing = {
             i.name: i for i in db.scalars(select(Instance).where(Instance.node_pk == node.id))
         }
-        ids: dict[str, int] = {}
+        registered: dict[str, RegisteredInstance] = {}
         for inst in hello.instances:
             irow = existing.get(inst.name) or Instance(
                 node_pk=node.id, name=inst.name, created_at=now
             )
             irow.engine = engine_from_wire(inst.engine)
+            irow.labels = effective_labels(
+                dict(inst.labels), node=hello.node_id, engine=irow.engine, model=inst.model_name
+            )
             irow.metrics_url = inst.metrics_url
             irow.model_name = inst.model_name
             irow.gpu_indices = list(inst.gpu_indices)
@@ -61,8 +77,14 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
             irow.last_seen_at = now
             db.add(irow)
             db.flush()
-            ids[inst.name] = irow.id
-        return Registered(node_pk=node.id, instance_ids=ids)
+            registered[inst.name] = RegisteredInstance(
+                id=irow.id,
+                labels=dict(irow.labels),
+                # A new row's defaults are applied on flush; say them rather than read None.
+                mode=irow.mode or "auto",
+                pinned_sm_clock_mhz=irow.pinned_sm_clock_mhz,
+            )
+        return Registered(node_pk=node.id, instances=registered)
 
 
 def monitor_only_reason(hello: pb.Hello, inst: pb.ServingInstance) -> str:
@@ -91,4 +113,20 @@ def mark_disconnected(factory: sessionmaker[Session], node_pk: int) -> None:
             update(Node)
             .where(Node.id == node_pk)
             .values(connected=False, last_seen_at=datetime.now(UTC))
+        )
+
+
+def touch_seen(
+    factory: sessionmaker[Session], nodes: dict[int, datetime], instances: dict[int, datetime]
+) -> None:
+    """last_seen_at follows telemetry, batched (one statement per table)."""
+    with factory.begin() as db:
+        if nodes:
+            db.execute(
+                update(Node).execution_options(synchronize_session=False),
+                [{"id": pk, "last_seen_at": at} for pk, at in nodes.items()],
+            )
+        db.execute(
+            update(Instance).execution_options(synchronize_session=False),
+            [{"id": pk, "last_seen_at": at} for pk, at in instances.items()],
         )

@@ -206,11 +206,32 @@ Global___Gpu: _TypeAlias = Gpu  # noqa: Y015
 class ServingInstance(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     METRICS_URL_FIELD_NUMBER: _builtins.int
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     GPU_INDICES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique on the node, e.g. "vllm-0" """
     engine: Global___Engine.ValueType
@@ -220,6 +241,12 @@ class ServingInstance(_message.Message):
     def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """a tensor-parallel group moves together"""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What the admin's config says about the instance (pool, region, model, ...): SLO
+        policies select pools of instances by these.
+        """
+
     def __init__(
         self,
         *,
@@ -228,10 +255,11 @@ class ServingInstance(_message.Message):
         metrics_url: _builtins.str = ...,
         model_name: _builtins.str = ...,
         gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "gpu_indices", b"gpu_indices", "metrics_url", b"metrics_url", "model_name", b"model_name", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "gpu_indices", b"gpu_indices", "labels", b"labels", "metrics_url", b"metrics_url", "model_name", b"model_name", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
