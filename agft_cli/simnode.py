@@ -39,7 +39,9 @@ def agent_config_for(node: SimulatedNode, server: str, node_id: str) -> AgentCon
                 gpu_indices=tuple(i.gpu_indices),
                 engine=i.engine,
                 model_name=i.model_name,
+                # Two pools, so pool SLO policies have something to select in the demo.
+                labels=(("pool", "chat" if k % 2 == 0 else "batch"),),
             )
-            for i in node.instances
+            for k, i in enumerate(node.instances)
         ),
     )

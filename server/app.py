@@ -13,6 +13,8 @@ import grpc
 from fastapi import FastAPI
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from server.api.audit_routes import router as audit_router
+from server.api.control_routes import router as control_router
 from server.api.routes import health_router, router
 from server.control.policy import SloTargets
 from server.fleet.service import FleetService
@@ -159,6 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.include_router(router)
+    app.include_router(control_router)
+    app.include_router(audit_router)
     app.include_router(health_router)
     app.include_router(web_router(app))
     return app

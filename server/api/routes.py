@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from pydantic import AwareDatetime
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from server.api.auth import require_viewer
 from server.api.deps import DbSession
 from server.api.schemas import DecisionOut, DecisionPage, Health, InstanceOut, NodeOut
+from server.api.views import instance_out
 from server.store import queries
+
+T = TypeVar("T")
 
 # Closed by default: every route here needs at least a viewer (bearer token or login).
 router = APIRouter(
     prefix="/api/v1",
     tags=["fleet"],
     dependencies=[Depends(require_viewer)],
-    responses={401: {"description": "no or unknown token"}, 404: {"description": "not found"}},
+    responses={
+        401: {"description": "no or unknown token"},
+        403: {"description": "the token's role may not do this"},
+        404: {"description": "not found"},
+    },
 )
 health_router = APIRouter(tags=["health"])
 
@@ -29,8 +40,10 @@ def list_nodes(db: DbSession) -> list[NodeOut]:
 
 
 @router.get("/instances", response_model=list[InstanceOut])
-def list_instances(db: DbSession) -> list[InstanceOut]:
-    return [InstanceOut.model_validate(i) for i in queries.instances(db)]
+async def list_instances(request: Request) -> list[InstanceOut]:
+    factory = request.app.state.session_factory
+    rows = await asyncio.to_thread(_in_session, factory, queries.instances)
+    return [instance_out(r, request.app.state.fleet) for r in rows]
 
 
 # Ids are 32-bit in the instances table: a larger one is a clear 422, never a 500.
@@ -38,11 +51,17 @@ InstanceId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="instance 
 
 
 @router.get("/instances/{instance_id}", response_model=InstanceOut)
-def get_instance(instance_id: InstanceId, db: DbSession) -> InstanceOut:
-    found = queries.instance(db, instance_id)
+async def get_instance(instance_id: InstanceId, request: Request) -> InstanceOut:
+    factory = request.app.state.session_factory
+    found = await asyncio.to_thread(_in_session, factory, queries.instance, instance_id)
     if found is None:
         raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
-    return InstanceOut.model_validate(found)
+    return instance_out(found, request.app.state.fleet)
+
+
+def _in_session(factory: sessionmaker[Session], query: Callable[..., T], *args: Any) -> T:
+    with factory() as db:
+        return query(db, *args)
 
 
 @router.get("/instances/{instance_id}/decisions", response_model=DecisionPage)
@@ -54,10 +73,18 @@ def list_decisions(
         int | None,
         Query(ge=1, le=2**63 - 1, description="id cursor from the previous page"),
     ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="windows ending at or after (ISO 8601, zone)")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="windows ending before (ISO 8601, zone)")
+    ] = None,
 ) -> DecisionPage:
     if queries.instance(db, instance_id) is None:
         raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
-    rows = queries.decisions_page(db, instance_id, limit, before_id)
+    if since is not None and until is not None and until <= since:
+        raise HTTPException(status_code=422, detail="until must be after since")
+    rows = queries.decisions_page(db, instance_id, limit, before_id, since, until)
     items = [DecisionOut.model_validate(r) for r in rows]
     next_id = items[-1].id if len(items) == limit else None
     return DecisionPage(items=items, next_before_id=next_id)

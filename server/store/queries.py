@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -59,6 +60,12 @@ def _instance_dict(inst: Instance, node_id: str, connected: bool) -> dict[str, A
         "model_name": inst.model_name,
         "metrics_url": inst.metrics_url,
         "monitor_only_reason": inst.monitor_only_reason,
+        "labels": inst.labels,
+        "mode": inst.mode,
+        "pinned_sm_clock_mhz": inst.pinned_sm_clock_mhz,
+        "mode_note": inst.mode_note,
+        "mode_changed_at": inst.mode_changed_at,
+        "mode_changed_by": inst.mode_changed_by,
         "gpu_indices": inst.gpu_indices,
         "connected": connected,
         "last_seen_at": inst.last_seen_at,
@@ -66,12 +73,22 @@ def _instance_dict(inst: Instance, node_id: str, connected: bool) -> dict[str, A
 
 
 def decisions_page(
-    db: Session, instance_id: int, limit: int, before_id: int | None
+    db: Session,
+    instance_id: int,
+    limit: int,
+    before_id: int | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Sequence[Decision]:
-    """Newest first, keyset-paginated on id (stable while new rows arrive)."""
+    """Newest first, keyset-paginated on id (stable while new rows arrive); since/until
+    bound the windows' end times (since inclusive, until exclusive)."""
     query = select(Decision).where(Decision.instance_id == instance_id)
     if before_id is not None:
         query = query.where(Decision.id < before_id)
+    if since is not None:
+        query = query.where(Decision.window_end >= since)
+    if until is not None:
+        query = query.where(Decision.window_end < until)
     return db.scalars(query.order_by(Decision.id.desc()).limit(limit)).all()
 
 
