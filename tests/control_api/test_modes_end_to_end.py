@@ -36,10 +36,10 @@ async def _newest_decision(srv: RunningServer, instance_id: int) -> dict[str, An
         return items[0]
 
 
-async def test_modes_and_policies_reach_the_gpu_within_a_window(sqlite_url: str) -> None:
+async def test_modes_and_policies_reach_the_gpu_within_a_window(database_url: str) -> None:
     async with (
         running_server(
-            sqlite_url, window_s=WINDOW_S, lease_s=3.0, static_clock_mhz=FIXED_MHZ
+            database_url, window_s=WINDOW_S, lease_s=3.0, static_clock_mhz=FIXED_MHZ
         ) as srv,
         running_agent(srv) as ra,
         srv.client("admin") as admin,
@@ -122,9 +122,9 @@ async def test_modes_and_policies_reach_the_gpu_within_a_window(sqlite_url: str)
         assert listed["live"]["controller"] == "static"
 
 
-async def test_learning_survives_an_slo_change(sqlite_url: str) -> None:
+async def test_learning_survives_an_slo_change(database_url: str) -> None:
     async with (
-        running_server(sqlite_url, window_s=WINDOW_S, policy="agft") as srv,
+        running_server(database_url, window_s=WINDOW_S, policy="agft") as srv,
         running_agent(srv, instances=1) as _ra,
         srv.client("admin") as admin,
     ):

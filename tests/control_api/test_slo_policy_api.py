@@ -19,8 +19,8 @@ async def _snapshot(client: httpx.AsyncClient) -> tuple[Any, Any]:
     return policies, audit
 
 
-async def test_create_read_update_delete_with_audit(sqlite_url: str) -> None:
-    async with running_server(sqlite_url) as srv, srv.client("admin") as admin:
+async def test_create_read_update_delete_with_audit(database_url: str) -> None:
+    async with running_server(database_url) as srv, srv.client("admin") as admin:
         made = await admin.post("/api/v1/slo-policies", json=FLEET)
         assert made.status_code == 201, made.text
         policy = made.json()
@@ -62,8 +62,8 @@ async def test_create_read_update_delete_with_audit(sqlite_url: str) -> None:
         assert len(one.json()["items"]) == 1 and one.json()["next_before_id"] == audit[0]["id"]
 
 
-async def test_refused_requests_change_nothing(sqlite_url: str) -> None:
-    async with running_server(sqlite_url) as srv, srv.client("admin") as admin:
+async def test_refused_requests_change_nothing(database_url: str) -> None:
+    async with running_server(database_url) as srv, srv.client("admin") as admin:
         made = (await admin.post("/api/v1/slo-policies", json=FLEET)).json()
         before = await _snapshot(admin)
         bad: list[tuple[str, str, dict[str, Any], int, str]] = [
@@ -143,8 +143,8 @@ async def _instances(srv: RunningServer) -> dict[str, dict[str, Any]]:
         return {i["name"]: i for i in (await client.get("/api/v1/instances")).json()}
 
 
-async def test_most_specific_scope_wins(sqlite_url: str) -> None:
-    async with running_server(sqlite_url, window_s=0.2) as srv, running_agent(srv) as _ra:
+async def test_most_specific_scope_wins(database_url: str) -> None:
+    async with running_server(database_url, window_s=0.2) as srv, running_agent(srv) as _ra:
         await eventually(lambda: len(srv.app.state.fleet.live) == 2, 20, "two live instances")
         instances = await _instances(srv)
         chat, batch = instances["vllm-0"], instances["vllm-1"]
