@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.audit_routes import router as audit_router
 from server.api.control_routes import router as control_router
+from server.api.metrics_route import registry_for
+from server.api.metrics_route import router as metrics_router
 from server.api.routes import health_router, router
 from server.control.policy import SloTargets
 from server.fleet.service import FleetService
@@ -137,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = factory
         app.state.fleet = fleet
         app.state.writer = writer
+        app.state.metrics = registry_for(fleet, writer)
         app.state.grpc_port = port
         log.info("gRPC listening on %s:%d", settings.grpc_host, port)
         try:
@@ -163,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(control_router)
     app.include_router(audit_router)
+    app.include_router(metrics_router)
     app.include_router(health_router)
     app.include_router(web_router(app))
     return app

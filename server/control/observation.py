@@ -40,6 +40,21 @@ class HistogramDelta:
     def mean(self) -> float | None:
         return self.sum / self.count if self.count > 0 else None
 
+    def count_at_most(self, x: float) -> float:
+        """How many observations were at most x, interpolated inside x's bucket."""
+        seen = 0.0
+        lower = 0.0
+        for i, n in enumerate(self.bucket_counts):
+            upper = self.upper_bounds[i] if i < len(self.upper_bounds) else math.inf
+            if x >= upper:
+                seen += n
+                lower = upper
+                continue
+            if n > 0 and x > lower and not math.isinf(upper):
+                seen += n * (x - lower) / (upper - lower)
+            break
+        return seen
+
 
 @dataclass(frozen=True, slots=True)
 class GpuSample:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,7 @@ from server.control.policy import ClockArms
 from server.fleet import validation
 from server.fleet.decider import command_now, decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
+from server.fleet.stats import DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
 from server.fleet.validation import InvalidMessageError
 from server.slo.spec import SloSpec
@@ -71,6 +73,8 @@ class FleetService:
         self.sessions: dict[str, AgentSession] = {}
         # instance id -> its live session and runtime, for the API's changes
         self.live: dict[int, tuple[AgentSession, InstanceRuntime]] = {}
+        self.totals: dict[int, InstanceTotals] = {}  # for /metrics, across reconnects
+        self.decide_times = DecideTimes()
 
     # ---- background work -------------------------------------------------------------
     async def load_control(self) -> None:
@@ -324,6 +328,7 @@ class FleetService:
                         f"instance {window.instance!r} was not announced in Hello; "
                         f"known: {sorted(session.instances)}",
                     )
+                started = time.perf_counter()
                 outcome = decide_window(runtime, window, now=now, lease_s=self.lease_s)
             except InvalidMessageError as err:
                 session.send(self.error(seq, err.code, err.message))
@@ -339,6 +344,10 @@ class FleetService:
                 session.remember_command(outcome.command_row["id"], runtime.name)
                 session.send(outcome.command)
             self._writer.add_decision(outcome.decision_row)
+            self.decide_times.observe(time.perf_counter() - started)
+            totals = self.totals.setdefault(runtime.instance_id, InstanceTotals())
+            totals.observe(outcome.observation, self._spec(runtime).targets)
+            totals.decisions += 1
             if runtime.decisions % self.state_save_every == 0:
                 self._save_state(runtime)
 
