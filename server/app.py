@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import grpc
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.audit_routes import router as audit_router
@@ -94,6 +96,28 @@ def server_default_spec(settings: Settings) -> SloSpec:
     )
 
 
+def openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
+    """The spec, saying how to authenticate: a bearer API token on every route but
+    /healthz (the routes check it themselves; this tells Swagger UI and clients)."""
+    if app.openapi_schema is None:
+        spec = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API token: `agft token create --role viewer|admin`",
+            }
+        }
+        for path, operations in spec["paths"].items():
+            if path != "/healthz":
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     default_spec = server_default_spec(settings)
@@ -163,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    app.openapi = lambda: openapi_with_bearer(app)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(control_router)
     app.include_router(audit_router)

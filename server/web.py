@@ -25,6 +25,7 @@ from server.store.models import Decision
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 LOGIN_CSRF_COOKIE = "agft_login_csrf"
+SWAGGER_UI = "5.35.0"  # web/static/vendor/README.md
 
 
 def web_router(app: FastAPI) -> APIRouter:
@@ -94,7 +95,14 @@ def web_router(app: FastAPI) -> APIRouter:
 
     @router.get("/docs", response_class=HTMLResponse)
     def docs(_: PageViewer) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="AGFT API")
+        # Served from the package (web/static/vendor): an air-gapped fleet has no CDN.
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="AGFT API",
+            swagger_js_url=f"/static/vendor/swagger-ui-bundle-{SWAGGER_UI}.js",
+            swagger_css_url=f"/static/vendor/swagger-ui-{SWAGGER_UI}.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     @router.get("/openapi.json")
     def openapi(_: PageViewer) -> JSONResponse:

@@ -24,7 +24,11 @@ from server.fleet.service import FleetService
 from server.fleet.stats import DECIDE_BUCKETS_S
 from server.store.writer import BatchWriter
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_viewer)])
+router = APIRouter(
+    tags=["metrics"],
+    dependencies=[Depends(require_viewer)],
+    responses={401: {"description": "no or unknown token"}},
+)
 
 
 class FleetCollector(Collector):
