@@ -24,7 +24,8 @@ def _add_server_args(p: argparse.ArgumentParser, port: int | None, grpc_port: in
     )
     p.add_argument(
         "--policy",
-        help="controller of instances no SLO policy covers: agft, agft-paper, rule, static, default (AGFT_POLICY, default agft)",
+        help="controller of instances no SLO policy covers: agft, agft-paper, rule, static, "
+        "default (AGFT_POLICY, default agft)",
     )
     p.add_argument(
         "--static-clock-mhz", type=int, help="clock of the static policy (default: none)"

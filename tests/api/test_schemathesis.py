@@ -26,9 +26,7 @@ def _schemathesis() -> str:
 
 
 @pytest.mark.parametrize("role", ["admin", "viewer"])
-async def test_no_request_gets_a_server_error(
-    database_url: str, role: str, tmp_path: Path
-) -> None:
+async def test_no_request_gets_a_server_error(database_url: str, role: str, tmp_path: Path) -> None:
     command = _schemathesis()
     async with (
         running_server(database_url, window_s=0.2) as srv,
