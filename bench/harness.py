@@ -62,6 +62,10 @@ class PolicyRun:
     clock_in_force_mhz: list[int | None] = field(default_factory=list)  # None: default
     clock_chosen_mhz: list[int | None] = field(default_factory=list)
     decide_cpu_ns: list[int] = field(default_factory=list)
+    # The server's estimate of each window's energy at default clocks (None: none made).
+    default_energy_j: list[float | None] = field(default_factory=list)
+    calibration_windows: int = 0  # windows the decider held at default for the estimate
+    estimate_band: float | None = None  # the estimator's relative band at the end
     requests: list[RequestRecord] = field(default_factory=list)
     requests_arrived: int = 0
     commands_failed: int = 0
@@ -110,6 +114,7 @@ def run_policy(
     label: str | None = None,
     advisor: Advisor | None = None,
     progress: Progress | None = None,
+    calibrate: bool = False,
 ) -> PolicyRun:
     wall0 = time.perf_counter()
     label = label or policy.name
@@ -120,7 +125,12 @@ def run_policy(
     clocks.reset_all("benchmark start")
     arms = instance_arms(node, gpus)
     runtime = InstanceRuntime(
-        instance_id=1, name=inst.name, gpu_indices=gpus, arms=arms, policy=policy
+        instance_id=1,
+        name=inst.name,
+        gpu_indices=gpus,
+        arms=arms,
+        policy=policy,
+        calibrate=calibrate,
     )
     telemetry = InstanceTelemetry(node, inst, clocks)
     telemetry.prime()
@@ -151,11 +161,14 @@ def run_policy(
         run.energy_j.append(energy)
         run.clock_in_force_mhz.append(outcome.observation.clock_in_force_mhz)
         run.clock_chosen_mhz.append(outcome.decision.sm_clock_mhz)
+        run.default_energy_j.append(outcome.default_energy_j)
         if progress is not None:
             progress(k, spec.windows)
     run.requests = sorted(inst.completed_requests(), key=lambda r: r.request_id)
     run.requests = [_relative(r, t0) for r in run.requests]
     run.requests_arrived = int((spec.arrivals.t <= spec.windows * spec.window_s).sum())
+    run.calibration_windows = runtime.estimator.forced
+    run.estimate_band = runtime.estimator.errors.band
     run.wall_s = time.perf_counter() - wall0
     return run
 

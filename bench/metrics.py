@@ -117,6 +117,36 @@ def summarise(run: PolicyRun, reference: PolicyRun, slo: SloTargets) -> dict[str
         else 0.0,
         "mean_locked_clock_mhz": float(np.mean(locked)) if locked else None,
         "commands_failed": run.commands_failed,
+        **estimated_saving(run, saving),
+    }
+
+
+def estimated_saving(run: PolicyRun, true_saving: float | None) -> dict[str, Any]:
+    """The saving the server would report (server/energy/estimator.py) beside the true one.
+
+    Windows without an estimate count at their own energy: no saving is claimed for them.
+    """
+    own = np.asarray(run.energy_j, dtype=np.float64)
+    est = np.asarray(
+        [e if e is not None else o for e, o in zip(run.default_energy_j, own, strict=True)],
+        dtype=np.float64,
+    )
+    missing = sum(1 for e in run.default_energy_j if e is None)
+    total = float(est.sum())
+    if total <= 0:
+        return {"estimated_saving_pct": None}
+    estimated = 100.0 * (1.0 - float(own.sum()) / total)
+    at_default = np.asarray(
+        [c is None for c in run.clock_in_force_mhz], dtype=bool
+    )  # measured, not estimated
+    estimated_part = float(est[~at_default].sum())
+    band = run.estimate_band
+    return {
+        "estimated_saving_pct": estimated,
+        "estimate_band_pts": 100.0 * band * estimated_part / total if band is not None else None,
+        "estimate_error_pts": estimated - true_saving if true_saving is not None else None,
+        "windows_not_estimated": missing,
+        "calibration_windows": run.calibration_windows,
     }
 
 

@@ -193,7 +193,13 @@ class _Tasks:
 
 
 def _policy_task(tasks: _Tasks, name: str) -> PolicyRun:
-    return run_policy(tasks.spec, policy_for(name, tasks.config), progress=tasks.progress(name))
+    # A causal controller runs as the server runs it, calibration windows included.
+    return run_policy(
+        tasks.spec,
+        policy_for(name, tasks.config),
+        progress=tasks.progress(name),
+        calibrate=True,
+    )
 
 
 def _static_task(tasks: _Tasks, clock: int) -> PolicyRun:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.audit_routes import router as audit_router
 from server.api.control_routes import router as control_router
+from server.api.energy_routes import router as energy_router
 from server.api.metrics_route import registry_for
 from server.api.metrics_route import router as metrics_router
 from server.api.routes import health_router, router
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(control_router)
     app.include_router(audit_router)
     app.include_router(metrics_router)
+    app.include_router(energy_router)
     app.include_router(health_router)
     app.include_router(web_router(app))
     return app

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
         le=100,
         description="default promise: most SLO attainment (points) given up against default",
     )
+    energy_price_per_kwh: float = Field(
+        default=0.15, ge=0, le=100, description="electricity price for energy reports, per kWh"
+    )
+    energy_currency: str = Field(default="USD", max_length=8, description="its currency")
+    grid_co2_g_per_kwh: float = Field(
+        default=400.0,
+        ge=0,
+        le=2000,
+        description="grid carbon intensity for energy reports (g CO2 per kWh); set yours",
+    )
     migrate_on_start: bool = Field(
         default=True, description="run `alembic upgrade head` when the server starts"
     )

@@ -30,7 +30,11 @@ REQUIRED = {
     "agft_agents_connected": "gauge",
 }
 
-OTHERS = {"agft_persist_set_aside_rows": "counter", "agft_persist_queued_rows": "gauge"}
+OTHERS = {
+    "agft_persist_set_aside_rows": "counter",
+    "agft_persist_queued_rows": "gauge",
+    "agft_energy_default_joules": "counter",
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -51,7 +51,14 @@ class FleetCollector(Collector):
         )
         saved = CounterMetricFamily(
             "agft_energy_saved_joules",
-            "Estimated GPU energy saved against default clocks (see docs/ENERGY.md)",
+            "Estimated GPU energy saved against default clocks (docs/ENERGY.md); a window "
+            "that cost more than default clocks is paid back before this rises again",
+            labels=inst,
+        )
+        default = CounterMetricFamily(
+            "agft_energy_default_joules",
+            "GPU energy default clocks would have used: measured at default clocks, "
+            "estimated otherwise (windows without an estimate are left out)",
             labels=inst,
         )
         attainment = GaugeMetricFamily(
@@ -76,11 +83,12 @@ class FleetCollector(Collector):
             if runtime.last_clock_mhz is not None:
                 clock.add_metric([node, name], runtime.last_clock_mhz)
             saved.add_metric([node, name], totals.energy_saved_j)
+            default.add_metric([node, name], totals.default_energy_j)
             for objective, ratio in totals.attainment().items():
                 if ratio is not None:
                     attainment.add_metric([node, name, objective], ratio)
             decisions.add_metric([node, name, runtime.mode], totals.decisions)
-        yield from (energy, power, clock, saved, attainment, decisions)
+        yield from (energy, power, clock, saved, default, attainment, decisions)
 
         times = fleet.decide_times
         buckets, running = [], 0

@@ -371,6 +371,11 @@ class AgftPolicy(Policy):
             self._last_choice = None
             return ClockDecision(None, "agft: telemetry unknown, default clocks", features)
         in_force = observation.clock_in_force_mhz or f_max
+        # After a window the server held at default clocks (energy calibration), move on
+        # from where this controller was, not from the max clock it did not choose.
+        base = in_force
+        if observation.calibration and self._last_choice is not None:
+            base = self._last_choice
         serving = observation.serving
         over = self._learn(
             context, in_force, f_max, energy / max(observation.duration_s, 1e-6), serving
@@ -401,12 +406,12 @@ class AgftPolicy(Policy):
             return self._choose(
                 clock, f"agft: over budget at {in_force} MHz ({over}), up", features, f_max
             )
-        clock, why = self._cheapest_safe(context, arms, f_max, in_force)
-        if clock < in_force:
+        clock, why = self._cheapest_safe(context, arms, f_max, base)
+        if clock < base:
             if self._dwell > 0:
                 # Hold after a move so the models see the clock before moving on down.
                 self._dwell -= 1
-                return self._choose(in_force, f"agft: hold {in_force} MHz (dwell)", features, f_max)
+                return self._choose(base, f"agft: hold {base} MHz (dwell)", features, f_max)
             self._dwell = self.tunables.dwell_windows
         return self._choose(clock, why, features, f_max)
 

@@ -95,6 +95,10 @@ class Observation:
     serving: ServingSample | None  # None: /metrics unavailable -> unknown, not idle
     clock_in_force_mhz: int | None  # None: default clocks (no lock)
     extras: dict[str, float] = field(default_factory=dict)
+    # The window ran at default clocks because the server held them for the energy
+    # estimate (server/energy), not because the controller chose them: a controller
+    # resumes from its own last choice rather than from the max clock.
+    calibration: bool = False
 
     @property
     def duration_s(self) -> float:

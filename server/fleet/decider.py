@@ -6,6 +6,7 @@ exactly the same code on exactly the same telemetry messages.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -17,6 +18,7 @@ from agft.v1 import agent_pb2 as pb
 from server.control.features import window_features
 from server.control.observation import HistogramDelta, Observation
 from server.control.policy import ClockArms, ClockDecision
+from server.energy.estimator import FloatArray, features
 from server.fleet import validation
 from server.fleet.runtime import InstanceRuntime
 
@@ -30,6 +32,9 @@ class Outcome:
     command: pb.ServerMessage | None
     decision_row: dict[str, Any]
     command_row: dict[str, Any] | None
+    # The window's energy at default clocks: measured if it ran there, else estimated
+    # (None: unknown or not calibrated yet).
+    default_energy_j: float | None = None
 
 
 def _ts(seconds: float) -> datetime:
@@ -50,6 +55,9 @@ def decide_window(
 ) -> Outcome:
     """Validate, decide, and build the command. Raises InvalidMessageError on bad input."""
     obs = validation.observation(window, runtime.gpu_indices)
+    if runtime.calibration_sent:
+        obs = dataclasses.replace(obs, calibration=True)
+        runtime.calibration_sent = False
     if runtime.mode == "off":
         # The admin turned control off: the controller is not even asked.
         decision = ClockDecision(None, "mode off: default clocks", window_features(obs))
@@ -59,6 +67,23 @@ def decide_window(
         decision = ClockDecision(
             runtime.pinned_mhz,
             f"pinned at {runtime.pinned_mhz} MHz by an admin; controller: {decision.reason}",
+            decision.features,
+            decision.reward,
+        )
+    default_energy_j = _default_energy(runtime, obs)
+    if (
+        runtime.calibrate
+        and runtime.mode == "auto"
+        and not runtime.monitor_only
+        and decision.sm_clock_mhz is not None
+        and runtime.estimator.wants_calibration(_features(obs))
+    ):
+        runtime.estimator.note_forced()
+        runtime.calibration_sent = True
+        decision = ClockDecision(
+            None,
+            f"default clocks for one window to calibrate the energy estimate; controller: "
+            f"{decision.reason}",
             decision.features,
             decision.reward,
         )
@@ -111,7 +136,8 @@ def decide_window(
         "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
         "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
     }
-    return Outcome(obs, decision, command, row, command_row)
+    row["default_energy_j"] = default_energy_j
+    return Outcome(obs, decision, command, row, command_row, default_energy_j)
 
 
 def _controller_decision(runtime: InstanceRuntime, obs: Observation) -> ClockDecision:
@@ -162,6 +188,32 @@ def command_now(
     if runtime.monitor_only:
         return None, None
     return _command_for(runtime, ClockDecision(clock, reason), now, lease_s, None)
+
+
+def _features(obs: Observation) -> FloatArray | None:
+    serving = obs.serving
+    if serving is None:
+        return None
+    return features(serving.prompt_tokens, serving.generation_tokens, obs.duration_s)
+
+
+def ran_at_default(obs: Observation, arms: ClockArms) -> bool:
+    """No lock, or one whose ceiling is the top clock: under load the same as default."""
+    top = arms.supported_mhz[-1] if arms.supported_mhz else arms.default_mhz
+    return obs.clock_in_force_mhz is None or obs.clock_in_force_mhz >= top
+
+
+def _default_energy(runtime: InstanceRuntime, obs: Observation) -> float | None:
+    # Windows the controller itself sent to default clocks are not a fair sample (it does
+    # so under congestion); calibration windows and the admin's modes are.
+    representative = obs.calibration or runtime.mode in ("observe", "off")
+    return runtime.estimator.observe(
+        _features(obs),
+        obs.energy_j,
+        obs.duration_s,
+        ran_at_default(obs, runtime.arms),
+        representative=representative,
+    )
 
 
 def unknown_inputs(obs: Observation) -> list[str]:

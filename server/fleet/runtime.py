@@ -10,6 +10,7 @@ from datetime import datetime
 
 from agft.v1 import agent_pb2 as pb
 from server.control.policy import ClockArms, Policy
+from server.energy.estimator import DefaultEnergyEstimator
 from server.slo.spec import SloSpec
 
 MODES = ("auto", "observe", "pinned", "off")
@@ -43,6 +44,13 @@ class InstanceRuntime:
     last_reason: str = ""
     last_decided_at: datetime | None = None
     energy_total_j: float = 0.0
+    # The counterfactual at default clocks behind every saving figure.
+    estimator: DefaultEnergyEstimator = field(default_factory=DefaultEnergyEstimator)
+    # May the decider hold default clocks for a window now and then to calibrate it?
+    # (The live server: yes, in auto mode. Benchmark yardsticks that replay a fixed
+    # schedule: no.)
+    calibrate: bool = False
+    calibration_sent: bool = False  # the window now running was held at default for it
 
     @property
     def monitor_only_reason(self) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agft.v1 import agent_pb2 as pb
 from server.auth.store import TokenInfo, revoked_among
 from server.control.policy import ClockArms
+from server.energy.estimator import ESTIMATOR_STATE
 from server.fleet import validation
 from server.fleet.decider import command_now, decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
@@ -199,8 +200,10 @@ class FleetService:
                 mode=row.mode,
                 pinned_mhz=row.pinned_sm_clock_mhz,
                 spec=spec,
+                calibrate=True,  # the saving it reports rests on calibration windows
             )
         await self._restore_states(list(instances.values()))
+        await self._restore_estimators(list(instances.values()))
         session = AgentSession(hello.node_id, registered.node_pk, instances)
         session.token_id = token.token_id if token is not None else ""
         session.peer = peer
@@ -259,6 +262,19 @@ class FleetService:
                         err,
                     )
                     runtime.policy = self.steering.controller(self._spec(runtime))()
+
+    async def _restore_estimators(self, runtimes: list[InstanceRuntime]) -> None:
+        saved = await asyncio.to_thread(
+            load_policy_states, self._factory, [r.instance_id for r in runtimes], ESTIMATOR_STATE
+        )
+        for runtime in runtimes:
+            state = saved.get(runtime.instance_id)
+            if state is None:
+                continue
+            try:
+                runtime.estimator.load_state(state)
+            except ValueError as err:
+                log.error("instance %s: energy model not restored (%s)", runtime.name, err)
 
     def _spec(self, runtime: InstanceRuntime) -> SloSpec:
         return runtime.spec or self.steering.default
@@ -347,6 +363,7 @@ class FleetService:
             self.decide_times.observe(time.perf_counter() - started)
             totals = self.totals.setdefault(runtime.instance_id, InstanceTotals())
             totals.observe(outcome.observation, self._spec(runtime).targets)
+            totals.add_saving(outcome.observation.energy_j, outcome.default_energy_j)
             totals.decisions += 1
             if runtime.decisions % self.state_save_every == 0:
                 self._save_state(runtime)
@@ -355,13 +372,24 @@ class FleetService:
         if runtime.decisions == 0:
             return
         runtime.decisions_saved = runtime.decisions
+        now = datetime.now(UTC)
         self._writer.add_policy_state(
             {
                 "instance_id": runtime.instance_id,
                 "policy": runtime.policy.name,
                 "state": runtime.policy.state(),
                 "decisions": runtime.decisions,
-                "updated_at": datetime.now(UTC),
+                "updated_at": now,
+            }
+        )
+        # The energy model is the instance's, whatever controller runs it.
+        self._writer.add_policy_state(
+            {
+                "instance_id": runtime.instance_id,
+                "policy": ESTIMATOR_STATE,
+                "state": runtime.estimator.state(),
+                "decisions": runtime.decisions,
+                "updated_at": now,
             }
         )
 

@@ -22,12 +22,24 @@ DECIDE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 class InstanceTotals:
     gpu_energy_j: dict[int, float] = field(default_factory=dict)
     gpu_power_w: dict[int, float | None] = field(default_factory=dict)
-    energy_saved_j: float = 0.0  # the estimate against default clocks (server/energy)
+    # Against default clocks (server/energy): the windows' net saving so far, and what
+    # a Prometheus counter may show of it (its highest value: a counter never goes down,
+    # so a window that cost more than default clocks is paid back before it rises again).
+    net_saved_j: float = 0.0
+    energy_saved_j: float = 0.0
+    default_energy_j: float = 0.0  # measured or estimated, over windows that have it
     decisions: int = 0
     # Per window: (TTFTs within the objective, TTFTs, gaps within TPOT, gaps).
     _attainment: deque[tuple[float, int, float, int]] = field(
         default_factory=lambda: deque(maxlen=ATTAINMENT_WINDOWS)
     )
+
+    def add_saving(self, energy_j: float | None, default_energy_j: float | None) -> None:
+        if energy_j is None or default_energy_j is None:
+            return
+        self.default_energy_j += default_energy_j
+        self.net_saved_j += default_energy_j - energy_j
+        self.energy_saved_j = max(self.energy_saved_j, self.net_saved_j)
 
     def observe(self, obs: Observation, targets: SloTargets) -> None:
         for g in obs.gpus:

@@ -149,6 +149,9 @@ class Decision(Base):
     reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     # NULL measurements mean "unknown", never zero.
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What the window would have used at default clocks: energy_j itself when it ran at
+    # default clocks, the estimator's figure otherwise (server/energy/estimator.py).
+    default_energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
     prompt_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
     generation_tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
     ttft_p50_s: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,70 @@
+"""The decider holds default clocks for one window now and then, in auto mode only, and
+tells the controller that window was a calibration, not its own choice."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+from server.control.observation import Observation
+from server.control.policy import ClockArms, ClockDecision
+from server.control.static import StaticPolicy
+from server.energy.estimator import CALIBRATION_GAP, EARLY_GAP, MIN_CALIBRATION
+from server.fleet.decider import decide_window
+from server.fleet.runtime import InstanceRuntime
+from tests.helpers.raw_agent import window
+
+ARMS = ClockArms((1000, 1500, 1980), 1980)
+
+
+class Recording(StaticPolicy):
+    def __init__(self) -> None:
+        super().__init__(1500)
+        self.seen: list[Observation] = []
+
+    def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision:
+        self.seen.append(observation)
+        return super().decide(observation, arms)
+
+
+def _run(runtime: InstanceRuntime, windows: int) -> list[str]:
+    reasons = []
+    for k in range(windows):
+        outcome = decide_window(
+            runtime,
+            window(start=1000.0 + k, prompt_tokens=200),
+            now=datetime.now(UTC),
+            lease_s=5.0,
+        )
+        reasons.append(outcome.decision.reason)
+    return reasons
+
+
+def test_calibration_windows_in_auto_mode() -> None:
+    policy = Recording()
+    runtime = InstanceRuntime(1, "vllm-0", (0,), ARMS, policy, calibrate=True)
+    windows = 300
+    reasons = _run(runtime, windows)
+    forced = [k for k, r in enumerate(reasons) if "calibrate the energy estimate" in r]
+    assert len(forced) == runtime.estimator.forced
+    gaps = [b - a for a, b in itertools.pairwise(forced)]
+    early = MIN_CALIBRATION - 1
+    assert gaps[:early] == [EARLY_GAP] * early
+    assert gaps[early:] and set(gaps[early:]) == {CALIBRATION_GAP}
+    # The controller is told about the window after each forced one, and only those.
+    flagged = [k for k, obs in enumerate(policy.seen) if obs.calibration]
+    assert flagged == [k + 1 for k in forced if k + 1 < windows]
+    assert "controller: static" in reasons[forced[0]]
+
+
+def test_no_calibration_outside_auto_or_when_not_asked() -> None:
+    for mode, calibrate in (("observe", True), ("pinned", True), ("off", True), ("auto", False)):
+        runtime = InstanceRuntime(
+            1, "vllm-0", (0,), ARMS, Recording(), calibrate=calibrate, mode=mode, pinned_mhz=1000
+        )
+        reasons = _run(runtime, 100)
+        assert not any("calibrate" in r for r in reasons), mode
+    monitor = InstanceRuntime(
+        1, "vllm-0", (0,), ARMS, Recording(), calibrate=True, monitor_only={0: "no permission"}
+    )
+    assert not any("calibrate" in r for r in _run(monitor, 100))

@@ -1,0 +1,117 @@
+"""The default-clock energy model: learns only from fair windows, predicts what it was
+taught, asks for calibration at its cadence, and refuses a state it cannot trust."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.energy.estimator import (
+    CALIBRATION_GAP,
+    EARLY_GAP,
+    MIN_CALIBRATION,
+    DefaultEnergyEstimator,
+    features,
+)
+
+
+def true_power_w(prompt_tps: float, gen_tps: float) -> float:
+    g, p = gen_tps / 1000, prompt_tps / 10_000
+    return 90.0 + 120.0 * g + 100.0 * p - 15.0 * g * g
+
+
+def _calibrated(n: int = 40, noise_w: float = 0.0, seed: int = 0) -> DefaultEnergyEstimator:
+    rng = np.random.default_rng(seed)
+    model = DefaultEnergyEstimator()
+    for _ in range(n):
+        prompt, gen = rng.uniform(0, 20_000), rng.uniform(0, 4_000)
+        power = true_power_w(prompt, gen) + rng.normal(0, noise_w)
+        model.observe(features(prompt, gen, 1.0), power, 1.0, at_default=True)
+    return model
+
+
+def test_it_predicts_the_power_it_was_calibrated_on() -> None:
+    model = _calibrated()
+    for prompt, gen in ((0.0, 0.0), (5_000.0, 1_500.0), (18_000.0, 3_500.0)):
+        # A 2 s window serving these rates: features take its token counts.
+        phi = features(2.0 * prompt, 2.0 * gen, 2.0)
+        estimate = model.observe(phi, 123.0, 2.0, at_default=False)
+        assert estimate == pytest.approx(2.0 * true_power_w(prompt, gen), rel=1e-3)
+
+
+def test_nothing_is_estimated_before_calibration_or_without_served_work() -> None:
+    model = DefaultEnergyEstimator()
+    phi = features(1000.0, 500.0, 1.0)
+    for _ in range(MIN_CALIBRATION - 1):
+        assert model.observe(phi, 300.0, 1.0, at_default=True) == 300.0  # measured
+    assert model.observe(phi, 200.0, 1.0, at_default=False) is None
+    model.observe(phi, 300.0, 1.0, at_default=True)
+    assert model.ready
+    assert model.observe(None, 200.0, 1.0, at_default=False) is None  # tokens unknown
+    assert model.observe(phi, None, 1.0, at_default=False) is None  # energy unknown
+    assert model.observe(phi, math.nan, 1.0, at_default=False) is None
+
+
+def test_windows_the_controller_chose_do_not_teach_it() -> None:
+    model = _calibrated()
+    before = model.state()
+    # Congested windows at default clocks: more power for the same tokens.
+    for _ in range(500):
+        phi = features(10_000.0, 2_000.0, 1.0)
+        measured = model.observe(phi, 900.0, 1.0, at_default=True, representative=False)
+        assert measured == 900.0  # still the measured energy of that window
+    assert model.state() == before
+
+
+def test_its_error_statistics_come_from_windows_it_had_not_learnt() -> None:
+    model = _calibrated(n=200, noise_w=10.0)
+    errors = model.errors
+    assert errors.tests == 200 - MIN_CALIBRATION
+    assert abs(errors.mean) < 0.02 and 0.0 < errors.sd < 0.1
+    assert errors.band is not None and errors.band < 0.05
+
+
+def test_calibration_cadence() -> None:
+    model = DefaultEnergyEstimator()
+    phi = features(1000.0, 500.0, 1.0)
+    asked = 0
+    for _ in range(200):
+        if model.wants_calibration(phi):
+            asked += 1
+            model.observe(phi, 300.0, 1.0, at_default=True)
+        else:
+            model.observe(phi, 200.0, 1.0, at_default=False)
+    assert model.calibrations == asked
+    # Asked every EARLY_GAP windows until ready, then every CALIBRATION_GAP.
+    early = MIN_CALIBRATION * EARLY_GAP
+    assert asked == MIN_CALIBRATION + (200 - early + 1) // CALIBRATION_GAP
+    assert not model.wants_calibration(None)
+
+
+def test_state_round_trips_and_bad_state_is_refused() -> None:
+    model = _calibrated(n=30, noise_w=5.0)
+    copy = DefaultEnergyEstimator()
+    copy.load_state(model.state())
+    assert copy.state() == model.state()
+    phi = features(3000.0, 800.0, 1.0)
+    assert copy.observe(phi, 1.0, 1.0, False) == pytest.approx(model.observe(phi, 1.0, 1.0, False))
+    good = model.state()
+    bad: list[dict[str, Any]] = [
+        {**good, "version": 99},
+        {**good, "a": [[1.0]]},
+        {**good, "a": [[math.nan] * 4] * 4},
+        {**good, "b": "no"},
+        {**good, "calibrations": True},
+        {**good, "tests": -1},
+        {**good, "err_mean": math.inf},
+        {**good, "a": [[0.0] * 4] * 4},
+        {k: v for k, v in good.items() if k != "forced"},
+    ]
+    for state in bad:
+        fresh = DefaultEnergyEstimator()
+        with pytest.raises(ValueError, match="energy estimator state"):
+            fresh.load_state(state)
+        assert fresh.state() == DefaultEnergyEstimator().state()
