@@ -165,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # One line per /metrics scrape is noise, not news.
+    # One line per /metrics scrape is noise, not news; so are Alembic's plugin set-up lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if args.command == "server":
         from agft_cli.server_cmd import run_server
 

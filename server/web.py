@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, Response
-from fastapi import Path as PathParam
+from fastapi import APIRouter, FastAPI, Form, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from server.api.auth import LoginRequired, PageViewer
-from server.api.deps import DbSession
 from server.auth.sessions import COOKIE, LIFETIME, end_session, start_session
 from server.auth.store import AuthError, verify
-from server.store import queries
-from server.store.models import Decision
+from server.pages import page_router
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 LOGIN_CSRF_COOKIE = "agft_login_csrf"
@@ -30,6 +26,7 @@ SWAGGER_UI = "5.35.0"  # web/static/vendor/README.md
 
 def web_router(app: FastAPI) -> APIRouter:
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
+    templates.env.filters["energy"] = format_energy
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     router = APIRouter(include_in_schema=False)
 
@@ -108,35 +105,7 @@ def web_router(app: FastAPI) -> APIRouter:
     def openapi(_: PageViewer) -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @router.get("/", response_class=HTMLResponse)
-    def fleet_page(request: Request, db: DbSession, principal: PageViewer) -> HTMLResponse:
-        return templates.TemplateResponse(
-            request,
-            "fleet.html",
-            {
-                "nodes": queries.nodes_with_gpus(db),
-                "instances": queries.instances(db),
-                "principal": principal,
-            },
-        )
-
-    @router.get("/instances/{instance_id}", response_class=HTMLResponse)
-    def instance_page(
-        instance_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
-        request: Request,
-        db: DbSession,
-        principal: PageViewer,
-    ) -> HTMLResponse:
-        instance = queries.instance(db, instance_id)
-        if instance is None:
-            raise HTTPException(status_code=404, detail=f"instance {instance_id} not found")
-        decisions = list(queries.decisions_page(db, instance_id, 120, None))
-        chart = clock_chart(decisions, queries.instance_default_clock_mhz(db, instance_id))
-        return templates.TemplateResponse(
-            request,
-            "instance.html",
-            {"instance": instance, "decisions": decisions, "chart": chart, "principal": principal},
-        )
+    router.include_router(page_router(templates))
 
     return router
 
@@ -148,36 +117,12 @@ def _safe_next(target: str) -> str:
     return target
 
 
-def clock_chart(
-    decisions: Sequence[Decision], default_mhz: int | None, width: int = 900, height: int = 160
-) -> dict[str, Any] | None:
-    """SVG polylines (oldest left) of the clock in force and the window power."""
-    rows = list(reversed(decisions))
-    if len(rows) < 2 or default_mhz is None:
-        return None
-    clocks = [r.clock_in_force_mhz or default_mhz for r in rows]
-    powers = [
-        (r.energy_j / max((r.window_end - r.window_start).total_seconds(), 1e-6))
-        if r.energy_j is not None
-        else None
-        for r in rows
-    ]
-    top_power = max((p for p in powers if p is not None), default=1.0) or 1.0
-    step = width / (len(rows) - 1)
-
-    def y(value: float, top: float) -> float:
-        return round(height - 4 - (height - 8) * value / top, 1)
-
-    clock_points = " ".join(f"{i * step:.1f},{y(c, default_mhz)}" for i, c in enumerate(clocks))
-    power_points = " ".join(
-        f"{i * step:.1f},{y(p, top_power)}" for i, p in enumerate(powers) if p is not None
-    )
-    return {
-        "width": width,
-        "height": height,
-        "clock_points": clock_points,
-        "power_points": power_points,
-        "default_mhz": default_mhz,
-        "min_clock_mhz": min(clocks),
-        "top_power_w": round(top_power),
-    }
+def format_energy(kwh: float | None) -> str:
+    """kWh in the unit a person reads best: Wh under 1 kWh, MWh from 1,000 kWh."""
+    if kwh is None:
+        return "unknown"
+    if abs(kwh) < 1:
+        return f"{kwh * 1000:.1f} Wh"
+    if abs(kwh) < 1000:
+        return f"{kwh:.2f} kWh"
+    return f"{kwh / 1000:.2f} MWh"

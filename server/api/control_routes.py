@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
 
 from server.api.auth import Admin, require_viewer
 from server.api.control_schemas import (
@@ -227,3 +228,45 @@ async def put_mode(
     if row is None:  # deleted in between
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"instance {instance_id} not found")
     return instance_out(row, fleet)
+
+
+class ClockBelief(BaseModel):
+    clock_mhz: int
+    power_w: float = Field(description="predicted mean power at this clock for the last load")
+    itl_upper_s: float = Field(description="upper bound of the predicted mean token gap")
+    ttft_upper_s: float = Field(description="upper bound of the predicted TTFT percentile")
+    allowed: bool
+    why_not: str
+
+
+class ControllerView(BaseModel):
+    """What the controller of a live instance believes now (agft; others keep no model)."""
+
+    instance_id: int
+    live: bool = Field(description="false while the instance's agent is not connected")
+    controller: str | None
+    beliefs: dict[str, Any] | None = Field(
+        description="budgets (seconds) and per-clock predictions; null: no model to show"
+    )
+    clocks: list[ClockBelief]
+
+
+@router.get("/instances/{instance_id}/controller", response_model=ControllerView)
+def controller_view(instance_id: InstanceId, request: Request, db: DbSession) -> ControllerView:
+    if queries.instance(db, instance_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"instance {instance_id} not found")
+    live = _fleet(request).live.get(instance_id)
+    if live is None:
+        return ControllerView(
+            instance_id=instance_id, live=False, controller=None, beliefs=None, clocks=[]
+        )
+    runtime = live[1]
+    beliefs = runtime.policy.beliefs(runtime.arms)
+    clocks = [ClockBelief.model_validate(c) for c in (beliefs or {}).pop("clocks", [])]
+    return ControllerView(
+        instance_id=instance_id,
+        live=True,
+        controller=runtime.policy.name,
+        beliefs=beliefs,
+        clocks=clocks,
+    )

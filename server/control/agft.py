@@ -360,12 +360,14 @@ class AgftPolicy(Policy):
         self._dwell = 0
         self._last_busy_choice: int | None = None
         self._grid: _Candidates | None = None
+        self._last_context: FloatArray | None = None  # for beliefs(), never for deciding
 
     # ---- the decision ------------------------------------------------------------------
     def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision:
         features = window_features(observation)
         f_max = arms.supported_mhz[-1] if arms.supported_mhz else arms.default_mhz
         context = _context(observation)
+        self._last_context = context
         energy = observation.energy_j
         if context is None or energy is None or observation.serving is None:
             self._last_choice = None
@@ -444,6 +446,71 @@ class AgftPolicy(Policy):
                 ttft_limit = min(ttft_limit, rel_ttft)
         m = self.tunables.budget_margin
         return itl_limit * m, ttft_limit / self._ttft_tail_ratio * m
+
+    def beliefs(self, arms: ClockArms) -> dict[str, Any] | None:
+        """Per candidate clock: predicted power and latency for the last window's load,
+        and whether the latency bounds allow it (read-only: nothing here is learnt)."""
+        context = self._last_context
+        if context is None or not arms.supported_mhz:
+            return None
+        t = self.tunables
+        f_max = arms.supported_mhz[-1]
+        grid = self._candidates(arms, f_max)
+        q = self.slo.percentile
+        limits: dict[str, float | None] = {
+            "itl_slo_s": self.slo.tpot_s,
+            "ttft_slo_s": self.slo.ttft_s,
+        }
+        for key, budget in (("itl", self._rel_itl), ("ttft", self._rel_ttft)):
+            ref = budget.reference.percentile(q)
+            slowdown = t.max_slowdown
+            limits[f"{key}_relative_s"] = (
+                budget.gain * (1.0 + slowdown) * ref
+                if ref is not None and slowdown is not None
+                else None
+            )
+        itl_mean_budget = (
+            min(v for v in (limits["itl_slo_s"], limits["itl_relative_s"]) if v is not None)
+            * t.budget_margin
+        )
+        ttft_budget = (
+            min(v for v in (limits["ttft_slo_s"], limits["ttft_relative_s"]) if v is not None)
+            * t.budget_margin
+        )
+        itl_upper = np.exp(self._itl.upper_log(context, grid.ells, t.latency_alpha))
+        ttft_upper = np.exp(self._ttft.upper_log(context, grid.ells, t.latency_alpha))
+        ttft_upper_q = ttft_upper * self._ttft_tail_ratio
+        base = np.concatenate(([1.0], context))
+        phi = (grid.basis[:, :, None] * base[None, None, :]).reshape(len(grid.basis), -1)
+        power, _width = self._power.ridge.predict_many(phi)
+        clocks = []
+        for i, clock in enumerate(grid.clocks):
+            why = []
+            if itl_upper[i] > itl_mean_budget:
+                why.append("token gaps over budget")
+            if ttft_upper_q[i] > ttft_budget:
+                why.append("first tokens over budget")
+            allowed = i == 0 or not why  # the max clock is always allowed
+            clocks.append(
+                {
+                    "clock_mhz": int(clock),
+                    "power_w": float(power[i] * POWER_SCALE_W),
+                    "itl_upper_s": float(itl_upper[i]),
+                    "ttft_upper_s": float(ttft_upper_q[i]),
+                    "allowed": allowed,
+                    "why_not": "; ".join(why) if not allowed else "",
+                }
+            )
+        return {
+            "windows_learnt": self._windows,
+            "percentile": q,
+            "itl_budget_s": itl_mean_budget,
+            "ttft_budget_s": ttft_budget,
+            **limits,
+            "max_slowdown": t.max_slowdown,
+            "last_choice_mhz": self._last_choice,
+            "clocks": clocks,
+        }
 
     def _candidates(self, arms: ClockArms, f_max: int) -> _Candidates:
         if self._grid is not None and self._grid.arms is arms:

@@ -57,6 +57,11 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def decide(self, observation: Observation, arms: ClockArms) -> ClockDecision: ...
 
+    def beliefs(self, arms: ClockArms) -> dict[str, Any] | None:
+        """What the controller believes now, for people (the dashboard): per clock, its
+        predictions and whether it may choose it, and why. None: it has no model."""
+        return None
+
     def state(self) -> dict[str, Any]:
         """Everything needed to continue learning after a restart (JSON-safe, no pickle)."""
         return {}

@@ -59,13 +59,19 @@ class InstanceTotals:
             )
         )
 
+    def attainment_counts(self) -> tuple[float, int, float, int]:
+        """(TTFTs within, TTFTs, gaps within, gaps) over the recent windows."""
+        return (
+            sum(a[0] for a in self._attainment),
+            sum(a[1] for a in self._attainment),
+            sum(a[2] for a in self._attainment),
+            sum(a[3] for a in self._attainment),
+        )
+
     def attainment(self) -> dict[str, float | None]:
         """Share of first tokens within the TTFT objective and of token gaps within TPOT,
         over the recent windows (None: nothing observed)."""
-        ttft_ok = sum(a[0] for a in self._attainment)
-        ttft_n = sum(a[1] for a in self._attainment)
-        itl_ok = sum(a[2] for a in self._attainment)
-        itl_n = sum(a[3] for a in self._attainment)
+        ttft_ok, ttft_n, itl_ok, itl_n = self.attainment_counts()
         return {
             "ttft": ttft_ok / ttft_n if ttft_n else None,
             "tpot": itl_ok / itl_n if itl_n else None,
