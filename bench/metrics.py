@@ -126,6 +126,9 @@ def estimated_saving(run: PolicyRun, true_saving: float | None) -> dict[str, Any
 
     Windows without an estimate count at their own energy: no saving is claimed for them.
     """
+    if not run.default_energy_j:
+        # A run not made through the harness (a hand-built series): nothing was estimated.
+        return {"estimated_saving_pct": None}
     own = np.asarray(run.energy_j, dtype=np.float64)
     est = np.asarray(
         [e if e is not None else o for e, o in zip(run.default_energy_j, own, strict=True)],

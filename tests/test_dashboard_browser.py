@@ -55,7 +55,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    # Playwright makes the folder itself.
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
@@ -217,8 +217,12 @@ async def test_a_viewer_cannot_edit(sqlite_url: str, browser: Browser) -> None:
         assert "Only an admin can change policies" in await page.inner_text("main")
         # Even a hand-made request from the viewer's session is refused, and changes nothing.
         status = await page.evaluate(
-            """async () => (await fetch('/api/v1/slo-policies/1', {method: 'DELETE',
-                headers: {'x-csrf-token': document.querySelector('meta[name=csrf-token]').content}})).status"""
+            """async () => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const answer = await fetch('/api/v1/slo-policies/1',
+                    {method: 'DELETE', headers: {'x-csrf-token': csrf}});
+                return answer.status;
+            }"""
         )
         assert status == 403
         await page.reload()

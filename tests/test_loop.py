@@ -77,8 +77,15 @@ async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None
     assert len(unacked) <= 2
     acked = [c for c in commands if c.acked_at is not None]
     assert all(c.ack_ok for c in acked)
-    for c in acked:
+    locks = [c for c in acked if c.kind == "set"]
+    assert locks
+    for c in locks:
         assert c.applied and all(a["locked_max_sm_clock_mhz"] == FIXED_MHZ for a in c.applied)
+    # The others release the lock for one window to calibrate the energy estimate.
+    for c in acked:
+        if c.kind == "reset":
+            assert "calibrate the energy estimate" in c.reason
+            assert all(a["locked_max_sm_clock_mhz"] is None for a in c.applied)
 
 
 async def test_agent_stop_resets_clocks(sqlite_url: str) -> None:

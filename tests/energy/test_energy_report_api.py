@@ -7,6 +7,8 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.helpers.running import running_server
 from tests.helpers.simnode import eventually, running_agent
 
@@ -37,21 +39,24 @@ async def test_energy_report_per_instance_pool_and_fleet(database_url: str) -> N
                 assert row["windows_estimated"] > 0 and row["energy_j"] > 0
                 assert row["default_energy_j"] > row["energy_j"]  # 1200 MHz saves
                 assert 0 < row["saved_pct"] < 60
-                assert row["saved_kwh"] == row["saved_j"] / 3.6e6
-                assert row["cost_saved"] == row["saved_kwh"] * report["price_per_kwh"]
-                assert row["co2_saved_kg"] == row["saved_kwh"] * report["co2_g_per_kwh"] / 1000
+                assert row["saved_kwh"] == pytest.approx(row["saved_j"] / 3.6e6)
+                price, grid = report["price_per_kwh"], report["co2_g_per_kwh"]
+                assert row["cost_saved"] == pytest.approx(row["saved_kwh"] * price)
+                assert row["co2_saved_kg"] == pytest.approx(row["saved_kwh"] * grid / 1000)
                 assert row["saved_band_pct"] is not None and row["saved_band_pct"] >= 0
                 assert 0 < row["modelled_share_pct"] <= 100
             total = report["total"]
             assert total["instances"] == 2
-            assert total["saved_j"] == sum(r["saved_j"] for r in report["rows"])
+            assert total["saved_j"] == pytest.approx(sum(r["saved_j"] for r in report["rows"]))
 
             pools = (await client.get("/api/v1/energy", params={"group_by": "pool"})).json()
             assert [r["group"] for r in pools["rows"]] == ["pool=batch", "pool=chat"]
             whole = (await client.get("/api/v1/energy", params={"group_by": "fleet"})).json()
-            assert len(whole["rows"]) == 1 and whole["rows"][0]["saved_j"] == total["saved_j"]
-            pricey = await client.get("/api/v1/energy", params={"price_per_kwh": 1.0})
-            assert pricey.json()["total"]["cost"] == total["energy_kwh"]
+            assert len(whole["rows"]) == 1
+            # Later windows may have landed between the two reports: at least as much.
+            assert whole["rows"][0]["saved_j"] >= total["saved_j"] * 0.999
+            pricey = (await client.get("/api/v1/energy", params={"price_per_kwh": 1.0})).json()
+            assert pricey["total"]["cost"] == pytest.approx(pricey["total"]["energy_kwh"])
 
             csv_answer = await client.get("/api/v1/energy", params={"format": "csv"})
             assert csv_answer.headers["content-type"].startswith("text/csv")
