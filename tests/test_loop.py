@@ -85,7 +85,7 @@ async def test_agent_with_two_instances_runs_the_loop(database_url: str) -> None
     for c in acked:
         if c.kind == "reset":
             assert "calibrate the energy estimate" in c.reason
-            assert all(a["locked_max_sm_clock_mhz"] is None for a in c.applied)
+            assert c.applied and all(a["locked_max_sm_clock_mhz"] is None for a in c.applied)
 
 
 async def test_agent_stop_resets_clocks(sqlite_url: str) -> None:
