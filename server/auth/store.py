@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -92,9 +92,11 @@ WORDS = {"node": "node", "api": "API"}
 WORDS = {"node": "node", "api": "API"}
 
 
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
 def verify(factory: sessionmaker[Session], plaintext: str | None, kind: str) -> TokenInfo:
     """The token's record if it is known, of this kind, and not revoked; else AuthError."""
-    word = WORDS[kind]
     word = WORDS[kind]
     if not plaintext:
         raise AuthError(f"no {word} token presented (authorization: Bearer agft_{kind}_...)")
@@ -113,7 +115,14 @@ def verify(factory: sessionmaker[Session], plaintext: str | None, kind: str) -> 
             raise AuthError(f"unknown {word} token")
         if row.revoked_at is not None:
             raise AuthError(f"{word} token {row.id} was revoked")
-        row.last_used_at = datetime.now(UTC)
+        now = datetime.now(UTC)
+        last = row.last_used_at
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+        # A write per request would turn every API call and dashboard poll into a
+        # database write; "last used" to the minute is what an admin needs.
+        if last is None or now - last >= LAST_USED_RESOLUTION:
+            row.last_used_at = now
         return _info(row)
 
 

@@ -26,8 +26,10 @@ def true_power_w(prompt_tps: float, gen_tps: float) -> float:
 def _calibrated(n: int = 40, noise_w: float = 0.0, seed: int = 0) -> DefaultEnergyEstimator:
     rng = np.random.default_rng(seed)
     model = DefaultEnergyEstimator()
-    for _ in range(n):
+    for k in range(n):
         prompt, gen = rng.uniform(0, 20_000), rng.uniform(0, 4_000)
+        if k % 5 == 0:
+            prompt = gen = 0.0  # idle windows are calibrated too
         power = true_power_w(prompt, gen) + rng.normal(0, noise_w)
         model.observe(features(prompt, gen, 1.0), power, 1.0, at_default=True)
     return model
@@ -40,6 +42,17 @@ def test_it_predicts_the_power_it_was_calibrated_on() -> None:
         phi = features(2.0 * prompt, 2.0 * gen, 2.0)
         estimate = model.observe(phi, 123.0, 2.0, at_default=False)
         assert estimate == pytest.approx(2.0 * true_power_w(prompt, gen), rel=1e-3)
+
+
+def test_loads_far_from_the_calibration_are_not_estimated() -> None:
+    model = DefaultEnergyEstimator()
+    rng = np.random.default_rng(1)
+    for _ in range(40):  # busy windows only, never an idle one
+        prompt, gen = rng.uniform(1_000, 20_000), rng.uniform(500, 4_000)
+        model.observe(features(prompt, gen, 1.0), true_power_w(prompt, gen), 1.0, True)
+    assert model.observe(features(0.0, 0.0, 1.0), 80.0, 1.0, at_default=False) is None
+    busy = model.observe(features(8_000.0, 2_000.0, 1.0), 80.0, 1.0, at_default=False)
+    assert busy == pytest.approx(true_power_w(8_000.0, 2_000.0), rel=1e-3)
 
 
 def test_nothing_is_estimated_before_calibration_or_without_served_work() -> None:
