@@ -14,8 +14,8 @@ the token rates but for g^2, so the total of a run depends on the tokens served,
 how the lowered clock shifted them between windows.
 
 The model learns only from windows at default clocks that are a fair sample of the
-traffic: calibration windows, where the decider holds default clocks for one window in
-CALIBRATION_GAP while the controller wanted a lower clock, and windows of the admin's
+traffic: calibration windows, where the decider holds default clocks for two windows in
+every CALIBRATION_GAP while the controller wanted a lower clock, and windows of the admin's
 observe and off modes. Windows the controller sent to default clocks itself are not: it
 does so under congestion, where the same tokens cost more power (conv 2023 at 85 % peak:
 a model fitted on agft's own 1,400 default windows put its saving at 12.5 % against a
@@ -42,12 +42,18 @@ N_FEATURES = 5
 GEN_SCALE = 1_000.0  # tokens/s: features of order one
 PROMPT_SCALE = 10_000.0
 RIDGE_LAMBDA = 1e-3
-MIN_CALIBRATION = 12  # calibration windows before any estimate is made
+MIN_CALIBRATION = 12  # calibrations before any estimate is made
 EARLY_GAP = 5  # windows between calibrations while the model has fewer than that
-# ... and after: one window in 60 at default clocks (1.7 % of the time). Measured on conv
-# 2023 at 85 % peak (agft, seed 0): one in 30 cost 0.26 points of saving for an estimate
-# 0.35 points high; one in 60 cost 0.02 points for an estimate 0.33 points low.
+# ... and after: one calibration every 60 windows (one in 30 cost twice as much saving
+# for no better estimate on conv 2023 at 85 % peak; one in 120 left rule's estimate on
+# code 2023 4.7 points low).
 CALIBRATION_GAP = 60
+# A calibration holds default clocks for two windows and learns from the second: the
+# first still drains the queue the lower clock built and draws less power per token than
+# default clocks do in their steady state (rule on code 2023 at 50 % peak, seed 0: one
+# window under-claimed its saving by 6.4 points, two windows by 2.1). The second window
+# costs about 0.3-0.5 points of saving (agft on conv 2023 at 85 % peak: 10.25 -> 9.93 %).
+CALIBRATION_WINDOWS = 2
 # A window whose leverage ratio (below) exceeds this is not estimated: no saving is
 # claimed for it. It is what keeps a model that never saw an idle window from pricing
 # idle windows off its busy intercept (code 2023 at 50 % peak, agft, seed 1: +4.2 points
@@ -176,10 +182,10 @@ class DefaultEnergyEstimator:
         """Should the next window run at default clocks to keep the estimate honest?"""
         if phi is None:
             return False
-        # The calibration window itself comes one window after it is asked for: asking
-        # at GAP - 1 windows since the last makes the period exactly GAP windows.
+        # The window it learns from comes CALIBRATION_WINDOWS windows after it asks:
+        # asking that much early makes the period between calibrations exactly GAP.
         gap = CALIBRATION_GAP if self.ready else EARLY_GAP
-        return self._since_calibration >= gap - 1
+        return self._since_calibration >= gap - CALIBRATION_WINDOWS
 
     def note_forced(self) -> None:
         self.forced += 1

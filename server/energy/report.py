@@ -21,7 +21,7 @@ METHOD = (
     "Energy used is the GPUs' own energy counters (NVML), summed per window. Energy at "
     "default clocks is measured in windows that ran at default clocks and estimated in the "
     "others, from each instance's model of power at default clocks against the tokens it "
-    "served, fitted on calibration windows (one window in 60 held at default clocks) and on "
+    "served, fitted on calibration windows (two in every 60 held at default clocks) and on "
     "windows of the observe and off modes. "
     "The band is the modelled part times the model's measured out-of-sample error on those "
     "windows (|mean| + 2 standard errors). Measured against the true default-clock runs of "

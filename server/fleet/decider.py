@@ -18,7 +18,7 @@ from agft.v1 import agent_pb2 as pb
 from server.control.features import window_features
 from server.control.observation import HistogramDelta, Observation
 from server.control.policy import ClockArms, ClockDecision
-from server.energy.estimator import FloatArray, features
+from server.energy.estimator import CALIBRATION_WINDOWS, FloatArray, features
 from server.fleet import validation
 from server.fleet.runtime import InstanceRuntime
 
@@ -70,23 +70,34 @@ def decide_window(
             decision.features,
             decision.reward,
         )
-    default_energy_j = _default_energy(runtime, obs)
-    if (
+    held = runtime.calibration_run  # forced windows in a row, the one just ended last
+    # Only the last window of a calibration run teaches the model: the first ones still
+    # drain the queue the lower clock built, and draw less power per token than default
+    # clocks do in their own steady state.
+    default_energy_j = _default_energy(runtime, obs, steady=held >= CALIBRATION_WINDOWS)
+    eligible = (
         runtime.calibrate
         and runtime.mode == "auto"
         and not runtime.monitor_only
         and decision.sm_clock_mhz is not None
-        and runtime.estimator.wants_calibration(_features(obs))
+    )
+    if eligible and (
+        0 < held < CALIBRATION_WINDOWS
+        or (held == 0 and runtime.estimator.wants_calibration(_features(obs)))
     ):
-        runtime.estimator.note_forced()
+        if held == 0:
+            runtime.estimator.note_forced()
         runtime.calibration_sent = True
+        runtime.calibration_run = held + 1
         decision = ClockDecision(
             None,
-            f"default clocks for one window to calibrate the energy estimate; controller: "
-            f"{decision.reason}",
+            f"default clocks for {CALIBRATION_WINDOWS} windows to calibrate the energy "
+            f"estimate; controller: {decision.reason}",
             decision.features,
             decision.reward,
         )
+    else:
+        runtime.calibration_run = 0
     if runtime.monitor_only:
         # Decided and recorded (what we would do), never sent: the agent cannot lock
         # these GPUs, and asking again would only make it refuse again.
@@ -203,10 +214,10 @@ def ran_at_default(obs: Observation, arms: ClockArms) -> bool:
     return obs.clock_in_force_mhz is None or obs.clock_in_force_mhz >= top
 
 
-def _default_energy(runtime: InstanceRuntime, obs: Observation) -> float | None:
+def _default_energy(runtime: InstanceRuntime, obs: Observation, *, steady: bool) -> float | None:
     # Windows the controller itself sent to default clocks are not a fair sample (it does
     # so under congestion); calibration windows and the admin's modes are.
-    representative = obs.calibration or runtime.mode in ("observe", "off")
+    representative = (obs.calibration and steady) or runtime.mode in ("observe", "off")
     return runtime.estimator.observe(
         _features(obs),
         obs.energy_j,

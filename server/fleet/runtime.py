@@ -51,6 +51,7 @@ class InstanceRuntime:
     # schedule: no.)
     calibrate: bool = False
     calibration_sent: bool = False  # the window now running was held at default for it
+    calibration_run: int = 0  # windows held in a row so far (CALIBRATION_WINDOWS at most)
 
     @property
     def monitor_only_reason(self) -> str:

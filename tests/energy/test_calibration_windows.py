@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 from server.control.observation import Observation
 from server.control.policy import ClockArms, ClockDecision
 from server.control.static import StaticPolicy
-from server.energy.estimator import CALIBRATION_GAP, EARLY_GAP, MIN_CALIBRATION
+from server.energy.estimator import (
+    CALIBRATION_GAP,
+    CALIBRATION_WINDOWS,
+    EARLY_GAP,
+    MIN_CALIBRATION,
+)
 from server.fleet.decider import decide_window
 from server.fleet.runtime import InstanceRuntime
 from tests.helpers.raw_agent import window
@@ -45,16 +50,19 @@ def test_calibration_windows_in_auto_mode() -> None:
     runtime = InstanceRuntime(1, "vllm-0", (0,), ARMS, policy, calibrate=True)
     windows = 300
     reasons = _run(runtime, windows)
-    forced = [k for k, r in enumerate(reasons) if "calibrate the energy estimate" in r]
-    assert len(forced) == runtime.estimator.forced
-    gaps = [b - a for a, b in itertools.pairwise(forced)]
+    held = [k for k, r in enumerate(reasons) if "calibrate the energy estimate" in r]
+    starts = [k for k in held if k - 1 not in held]
+    # Each calibration holds default clocks for CALIBRATION_WINDOWS windows in a row.
+    assert held == [s + i for s in starts for i in range(CALIBRATION_WINDOWS)]
+    assert len(starts) == runtime.estimator.forced == runtime.estimator.calibrations
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     early = MIN_CALIBRATION - 1
     assert gaps[:early] == [EARLY_GAP] * early
     assert gaps[early:] and set(gaps[early:]) == {CALIBRATION_GAP}
-    # The controller is told about the window after each forced one, and only those.
+    # The controller is told about each window held at default, and only those.
     flagged = [k for k, obs in enumerate(policy.seen) if obs.calibration]
-    assert flagged == [k + 1 for k in forced if k + 1 < windows]
-    assert "controller: static" in reasons[forced[0]]
+    assert flagged == [k + 1 for k in held if k + 1 < windows]
+    assert "controller: static" in reasons[held[0]]
 
 
 def test_no_calibration_outside_auto_or_when_not_asked() -> None:

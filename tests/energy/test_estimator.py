@@ -11,7 +11,7 @@ import pytest
 
 from server.energy.estimator import (
     CALIBRATION_GAP,
-    EARLY_GAP,
+    CALIBRATION_WINDOWS,
     MIN_CALIBRATION,
     DefaultEnergyEstimator,
     features,
@@ -87,21 +87,18 @@ def test_its_error_statistics_come_from_windows_it_had_not_learnt() -> None:
     assert errors.band is not None and errors.band < 0.05
 
 
-def test_calibration_cadence() -> None:
-    model = DefaultEnergyEstimator()
+def test_it_asks_for_calibration_at_its_cadence() -> None:
+    # The exact period, with the decider's delay, is checked in test_calibration_windows.
+    model = _calibrated()
     phi = features(1000.0, 500.0, 1.0)
-    asked = 0
-    for _ in range(200):
-        if model.wants_calibration(phi):
-            asked += 1
-            model.observe(phi, 300.0, 1.0, at_default=True)
-        else:
-            model.observe(phi, 200.0, 1.0, at_default=False)
-    assert model.calibrations == asked
-    # Asked every EARLY_GAP windows until ready, then every CALIBRATION_GAP.
-    early = MIN_CALIBRATION * EARLY_GAP
-    assert asked == MIN_CALIBRATION + (200 - early + 1) // CALIBRATION_GAP
     assert not model.wants_calibration(None)
+    asked_after = None
+    for k in range(1, 200):
+        model.observe(phi, 200.0, 1.0, at_default=False)
+        if model.wants_calibration(phi):
+            asked_after = k
+            break
+    assert asked_after == CALIBRATION_GAP - CALIBRATION_WINDOWS
 
 
 def test_state_round_trips_and_bad_state_is_refused() -> None:
