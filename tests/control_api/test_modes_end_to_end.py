@@ -55,7 +55,8 @@ async def test_modes_and_policies_reach_the_gpu_within_a_window(database_url: st
         assert observed.json()["control"] == "observe"
         assert "checking savings" in observed.json()["control_reason"]
         await eventually(lambda: _lock(ra, 0) is None, within, "observe releases the lock")
-        assert _lock(ra, 1) == (LOWEST_MHZ, FIXED_MHZ)  # the other instance keeps its own
+        # The other instance keeps its own (but for its own calibration windows).
+        await eventually(lambda: _lock(ra, 1) == (LOWEST_MHZ, FIXED_MHZ), 2, "vllm-1's lock")
 
         async def decided_in(mode: str) -> bool:
             return bool((await _newest_decision(srv, inst["id"]))["mode"] == mode)
