@@ -63,7 +63,8 @@ class SloPolicyIn(BaseModel):
     controller: Controller = "agft"
     controller_tunables: dict[str, float | int | None] = Field(
         default_factory=dict,
-        description="agft: any AgftTunables field (docs/CONTROLLER.md); static: clock_mhz",
+        description="agft: any AgftTunables field (docs/CONTROLLER.md); agft-paper: any "
+        "PaperTunables field; rule: its thresholds (busy_fraction, ...); static: clock_mhz",
     )
 
     @field_validator("selector")

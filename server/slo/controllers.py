@@ -6,6 +6,7 @@ are turned into the controller's own knobs here and nowhere else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +42,32 @@ def _agft_text(tunables: Mapping[str, Any], spec: SloSpec) -> str:
     return "agft:" + ":".join(parts)
 
 
+def _with_keywords(
+    name: str, spec: SloSpec, tunables: dict[str, Any], seed: int
+) -> Callable[[], Policy]:
+    """agft-paper (PaperTunables) and rule (its thresholds) take their knobs by keyword."""
+    for key, value in tunables.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ControllerError(f"tunable {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ControllerError(f"tunable {key}={value} must be finite and not negative")
+
+    def fresh() -> Policy:
+        if name == "rule":
+            from server.control.rule import RulePolicy
+
+            return RulePolicy(**tunables)
+        from server.control.paper import PaperPolicy
+
+        return PaperPolicy(spec.targets, seed=seed, **tunables)
+
+    try:
+        fresh()
+    except (TypeError, ValueError) as err:
+        raise ControllerError(f"{name}: {err}") from None
+    return fresh
+
+
 def controller_factory(spec: SloSpec, *, seed: int = 0) -> Callable[[], Policy]:
     """A factory of fresh controllers for spec; raises ControllerError now if it cannot."""
     name, tunables = spec.controller, dict(spec.tunables)
@@ -57,9 +84,11 @@ def controller_factory(spec: SloSpec, *, seed: int = 0) -> Callable[[], Policy]:
         if clock is not None and (isinstance(clock, bool) or not isinstance(clock, int)):
             raise ControllerError(f"static clock_mhz must be an integer MHz, got {clock!r}")
         static_clock, text = clock, "static"
+    elif name in ("agft-paper", "rule") and tunables:
+        return _with_keywords(name, spec, tunables, seed)
     elif name in CONTROLLERS:
         if tunables:
-            raise ControllerError(f"{name} takes no tunables here, got {sorted(tunables)}")
+            raise ControllerError(f"{name} takes no tunables, got {sorted(tunables)}")
         text = name
     else:
         raise ControllerError(f"unknown controller {name!r}; known: {', '.join(CONTROLLERS)}")

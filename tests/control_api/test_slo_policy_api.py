@@ -101,9 +101,28 @@ async def test_refused_requests_change_nothing(database_url: str) -> None:
             (
                 "post",
                 "/api/v1/slo-policies",
+                {**FLEET, "name": "t", "controller": "default", "controller_tunables": {"a": 1}},
+                422,
+                "default takes no tunables",
+            ),
+            (
+                "post",
+                "/api/v1/slo-policies",
+                {
+                    **FLEET,
+                    "name": "t",
+                    "controller": "agft-paper",
+                    "controller_tunables": {"alpha_min": -1},
+                },
+                422,
+                "must be finite and not negative",
+            ),
+            (
+                "post",
+                "/api/v1/slo-policies",
                 {**FLEET, "name": "t", "controller": "rule", "controller_tunables": {"a": 1}},
                 422,
-                "rule takes no tunables",
+                "unexpected keyword argument 'a'",
             ),
             ("post", "/api/v1/slo-policies", {**FLEET, "name": "again"}, 409, "already governs"),
             ("post", "/api/v1/slo-policies", {**FLEET}, 409, "already named"),
@@ -194,3 +213,32 @@ async def test_most_specific_scope_wins(database_url: str) -> None:
             slo = (await admin.get(f"/api/v1/instances/{chat['id']}/slo")).json()
             assert slo["policy"]["id"] == chat_pool["id"]
             assert live["vllm-0"].spec.id == chat_pool["id"]
+
+
+async def test_each_controller_takes_its_own_tunables(database_url: str) -> None:
+    async with running_server(database_url) as srv, srv.client("admin") as admin:
+        for k, (controller, tunables) in enumerate(
+            (
+                ("agft", {"miss_share_factor": 0.5, "max_slowdown": None}),
+                ("agft-paper", {"alpha_min": 0.2}),
+                ("rule", {"busy_fraction": 0.7}),
+                ("static", {"clock_mhz": 1200}),
+                ("default", {}),
+            )
+        ):
+            body = {
+                **FLEET,
+                "name": f"p{k}",
+                "scope": "pool",
+                "selector": {"pool": f"p{k}"},
+                "controller": controller,
+                "controller_tunables": tunables,
+            }
+            made = await admin.post("/api/v1/slo-policies", json=body)
+            assert made.status_code == 201, made.text
+            assert made.json()["controller_tunables"] == tunables
+        steering = srv.app.state.fleet.steering
+        rule = next(s for s in steering.specs if s.controller == "rule")
+        assert steering.controller(rule)().busy_fraction == 0.7
+        paper = next(s for s in steering.specs if s.controller == "agft-paper")
+        assert steering.controller(paper)().tunables.alpha_min == 0.2
