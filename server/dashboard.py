@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.api.schemas import NodeOut
-from server.api.views import instance_out
+from server.api.views import instance_out, spec_in_force
 from server.energy.report import J_PER_KWH
 from server.fleet.service import FleetService
 from server.store import queries
@@ -59,15 +59,17 @@ def fleet_view(
     for row in rows:
         view = instance_out(row, fleet).model_dump()
         totals = fleet.totals.get(row["id"])
-        live = fleet.live.get(row["id"])
-        spec = live[1].spec if live is not None and live[1].spec else fleet.steering.default
-        attainment = totals.attainment() if totals is not None and live else {}
-        if live is not None and view["live"] and view["live"]["power_w"] is not None:
-            power += view["live"]["power_w"]
-        if totals is not None and live is not None:
-            for k, v in enumerate(totals.attainment_counts()):
-                counts[k] += v
-        ttft, tpot = attainment.get("ttft"), attainment.get("tpot")
+        spec = spec_in_force(row, fleet)
+        ttft = tpot = None
+        if view["live"] is not None:
+            if view["live"]["power_w"] is not None:
+                power += view["live"]["power_w"]
+            if totals is not None:
+                own = totals.attainment_counts()
+                for k, v in enumerate(own):
+                    counts[k] += v
+                ttft = own[0] / own[1] if own[1] else None
+                tpot = own[2] / own[3] if own[3] else None
         statuses = {
             _slo_status(ttft, spec.targets.percentile),
             _slo_status(tpot, spec.targets.percentile),

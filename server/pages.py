@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -25,7 +26,6 @@ from server.auth.sessions import Principal
 from server.dashboard import fleet_view
 from server.fleet.service import FleetService
 from server.slo.controllers import CONTROLLERS
-from server.slo.spec import matches
 from server.store import audit, queries, slo_policies
 from server.store.instance_modes import supported_clocks
 from server.store.models import Instance
@@ -140,22 +140,16 @@ def page_router(templates: Jinja2Templates) -> APIRouter:
 
         rows, instances = await asyncio.to_thread(_with_db, factory(request), read)
         steering = fleet(request).steering
-        policies = []
-        for row in rows:
-            spec = slo_policies.as_spec(row)
-            governs = sum(
-                1
-                for i in instances
-                if steering.spec_for(i["id"], i["labels"] or {}).id == row.id
-                and matches(spec, i["id"], i["labels"] or {})
-            )
-            policies.append(
-                {
-                    **slo_policies.as_dict(row),
-                    "scope_text": spec.describe_scope(),
-                    "governs": governs,
-                }
-            )
+        # Which policy governs each instance, once for all of them.
+        governing = Counter(steering.spec_for(i["id"], i["labels"] or {}).id for i in instances)
+        policies = [
+            {
+                **slo_policies.as_dict(row),
+                "scope_text": slo_policies.as_spec(row).describe_scope(),
+                "governs": governing[row.id],
+            }
+            for row in rows
+        ]
         return render(
             request,
             "slo.html",

@@ -26,10 +26,8 @@ from server.api.deps import DbSession
 from server.api.schemas import InstanceOut
 from server.api.views import instance_out
 from server.auth.sessions import Principal
-from server.control.policy import SloTargets
 from server.fleet.service import FleetService
 from server.slo.controllers import ControllerError, controller_factory
-from server.slo.spec import SloSpec
 from server.store import queries, slo_policies
 from server.store.instance_modes import ModeChange, PinnedClockError, set_mode
 
@@ -58,18 +56,8 @@ def _fleet(request: Request) -> FleetService:
 
 
 def _check_controller(body: SloPolicyIn) -> None:
-    spec = SloSpec(
-        id=None,
-        name=body.name,
-        scope=body.scope,
-        targets=SloTargets(body.ttft_s, body.tpot_s, body.percentile),
-        max_p90_slowdown=body.max_p90_slowdown,
-        max_attainment_loss_points=body.max_attainment_loss_points,
-        controller=body.controller,
-        tunables=body.controller_tunables,
-    )
     try:
-        controller_factory(spec)
+        controller_factory(slo_policies.spec_of(body.model_dump()))
     except ControllerError as err:
         raise _unprocessable(("body", "controller_tunables"), str(err)) from None
 

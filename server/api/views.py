@@ -6,6 +6,7 @@ from typing import Any
 
 from server.api.schemas import InstanceOut, LiveOut
 from server.fleet.service import FleetService
+from server.slo.spec import SloSpec
 
 
 def _control(row: dict[str, Any], spec_text: str, controller: str) -> tuple[str, str]:
@@ -26,13 +27,18 @@ def _control(row: dict[str, Any], spec_text: str, controller: str) -> tuple[str,
     return mode, f"{controller} keeps {spec_text}"
 
 
+def spec_in_force(row: dict[str, Any], fleet: FleetService) -> SloSpec:
+    """The live controller's policy, or the one it would get on connecting."""
+    live = fleet.live.get(row["id"])
+    if live is not None and live[1].spec is not None:
+        return live[1].spec
+    return fleet.steering.spec_for(row["id"], row.get("labels") or {})
+
+
 def instance_out(row: dict[str, Any], fleet: FleetService) -> InstanceOut:
     live = fleet.live.get(row["id"])
     runtime = live[1] if live is not None else None
-    if runtime is not None and runtime.spec is not None:
-        spec = runtime.spec
-    else:
-        spec = fleet.steering.spec_for(row["id"], row.get("labels") or {})
+    spec = spec_in_force(row, fleet)
     controller = runtime.policy.name if runtime is not None else spec.controller.split(":")[0]
     spec_text = (
         f"SLO policy {spec.name!r} ({spec.describe_scope()})"
@@ -50,7 +56,7 @@ def instance_out(row: dict[str, Any], fleet: FleetService) -> InstanceOut:
             controller=controller,
             slo_policy_id=spec.id,
             slo_scope=spec.describe_scope(),
-            last_decided_at=runtime.last_decided_at,
+            last_decided_at=runtime.last_window_at,  # each window is decided on arrival
             last_reason=runtime.last_reason,
             decisions=runtime.decisions,
         )

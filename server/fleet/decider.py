@@ -64,17 +64,17 @@ def decide_window(
     else:
         decision = _controller_decision(runtime, obs)
     if runtime.mode == "pinned" and runtime.pinned_mhz is not None:
-        decision = ClockDecision(
-            runtime.pinned_mhz,
-            f"pinned at {runtime.pinned_mhz} MHz by an admin; controller: {decision.reason}",
-            decision.features,
-            decision.reward,
+        decision = dataclasses.replace(
+            decision,
+            sm_clock_mhz=runtime.pinned_mhz,
+            reason=f"pinned at {runtime.pinned_mhz} MHz by an admin; controller: {decision.reason}",
         )
     held = runtime.calibration_run  # forced windows in a row, the one just ended last
     # Only the last window of a calibration run teaches the model: the first ones still
     # drain the queue the lower clock built, and draw less power per token than default
     # clocks do in their own steady state.
-    default_energy_j = _default_energy(runtime, obs, steady=held >= CALIBRATION_WINDOWS)
+    phi = _features(obs)
+    default_energy_j = _default_energy(runtime, obs, phi, steady=held >= CALIBRATION_WINDOWS)
     eligible = (
         runtime.calibrate
         and runtime.mode == "auto"
@@ -82,19 +82,17 @@ def decide_window(
         and decision.sm_clock_mhz is not None
     )
     if eligible and (
-        0 < held < CALIBRATION_WINDOWS
-        or (held == 0 and runtime.estimator.wants_calibration(_features(obs)))
+        0 < held < CALIBRATION_WINDOWS or (held == 0 and runtime.estimator.wants_calibration(phi))
     ):
         if held == 0:
             runtime.estimator.note_forced()
         runtime.calibration_sent = True
         runtime.calibration_run = held + 1
-        decision = ClockDecision(
-            None,
-            f"default clocks for {CALIBRATION_WINDOWS} windows to calibrate the energy "
-            f"estimate; controller: {decision.reason}",
-            decision.features,
-            decision.reward,
+        decision = dataclasses.replace(
+            decision,
+            sm_clock_mhz=None,
+            reason=f"default clocks for {CALIBRATION_WINDOWS} windows to calibrate the "
+            f"energy estimate; controller: {decision.reason}",
         )
     else:
         runtime.calibration_run = 0
@@ -102,21 +100,14 @@ def decide_window(
         # Decided and recorded (what we would do), never sent: the agent cannot lock
         # these GPUs, and asking again would only make it refuse again.
         command, command_row = None, None
-        decision = ClockDecision(
-            decision.sm_clock_mhz,
-            f"monitor-only ({runtime.monitor_only_reason}); would: {decision.reason}",
-            decision.features,
-            decision.reward,
+        decision = dataclasses.replace(
+            decision,
+            reason=f"monitor-only ({runtime.monitor_only_reason}); would: {decision.reason}",
         )
     elif runtime.mode == "observe":
         # Recorded as what the controller would do; the GPU stays at default clocks (a
         # lock still held from before is released).
-        decision = ClockDecision(
-            decision.sm_clock_mhz,
-            f"observe; would: {decision.reason}",
-            decision.features,
-            decision.reward,
-        )
+        decision = dataclasses.replace(decision, reason=f"observe; would: {decision.reason}")
         command, command_row = _command_for(
             runtime, ClockDecision(None, "observe: default clocks"), now, lease_s, command_id
         )
@@ -180,7 +171,6 @@ def _remember(
 ) -> None:
     """What the API and /metrics show of the instance now."""
     runtime.last_window_at = now
-    runtime.last_decided_at = now
     runtime.last_reason = decision.reason
     # The clock the GPUs ran at when the window closed (the slowest of a TP group).
     clocks = [g.sm_clock_mhz for g in obs.gpus if g.sm_clock_mhz is not None]
@@ -214,12 +204,14 @@ def ran_at_default(obs: Observation, arms: ClockArms) -> bool:
     return obs.clock_in_force_mhz is None or obs.clock_in_force_mhz >= top
 
 
-def _default_energy(runtime: InstanceRuntime, obs: Observation, *, steady: bool) -> float | None:
+def _default_energy(
+    runtime: InstanceRuntime, obs: Observation, phi: FloatArray | None, *, steady: bool
+) -> float | None:
     # Windows the controller itself sent to default clocks are not a fair sample (it does
     # so under congestion); calibration windows and the admin's modes are.
     representative = (obs.calibration and steady) or runtime.mode in ("observe", "off")
     return runtime.estimator.observe(
-        _features(obs),
+        phi,
         obs.energy_j,
         obs.duration_s,
         ran_at_default(obs, runtime.arms),

@@ -42,7 +42,6 @@ class InstanceRuntime:
     last_power_w: float | None = None
     last_clock_mhz: int | None = None
     last_reason: str = ""
-    last_decided_at: datetime | None = None
     energy_total_j: float = 0.0
     # The counterfactual at default clocks behind every saving figure.
     estimator: DefaultEnergyEstimator = field(default_factory=DefaultEnergyEstimator)

@@ -25,7 +25,7 @@ from server.fleet.stats import DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
 from server.fleet.validation import InvalidMessageError
 from server.slo.spec import SloSpec
-from server.store.policy_states import load_policy_states
+from server.store.policy_states import load_states
 from server.store.registration import (
     mark_disconnected,
     register_hello,
@@ -202,8 +202,7 @@ class FleetService:
                 spec=spec,
                 calibrate=True,  # the saving it reports rests on calibration windows
             )
-        await self._restore_states(list(instances.values()))
-        await self._restore_estimators(list(instances.values()))
+        await self._restore_states(list(instances.values()), estimators=True)
         session = AgentSession(hello.node_id, registered.node_pk, instances)
         session.token_id = token.token_id if token is not None else ""
         session.peer = peer
@@ -238,19 +237,21 @@ class FleetService:
             await asyncio.to_thread(mark_disconnected, self._factory, session.node_pk)
         log.info("agent %s disconnected", session.node_id)
 
-    async def _restore_states(self, runtimes: list[InstanceRuntime]) -> None:
-        """Give each runtime its controller's saved learning (one query per controller)."""
-        by_name: dict[str, list[InstanceRuntime]] = {}
+    async def _restore_states(
+        self, runtimes: list[InstanceRuntime], *, estimators: bool = False
+    ) -> None:
+        """Give each runtime its controller's saved learning (and, at Hello, its energy
+        model), from one database session."""
+        wanted: dict[str, list[int]] = {}
         for runtime in runtimes:
-            by_name.setdefault(runtime.policy.name, []).append(runtime)
-        for name, group in by_name.items():
-            saved = await asyncio.to_thread(
-                load_policy_states, self._factory, [r.instance_id for r in group], name
-            )
-            for runtime in group:
-                state = saved.get(runtime.instance_id)
-                if state is None:
-                    continue
+            wanted.setdefault(runtime.policy.name, []).append(runtime.instance_id)
+        if estimators:
+            wanted[ESTIMATOR_STATE] = [r.instance_id for r in runtimes]
+        saved = await asyncio.to_thread(load_states, self._factory, wanted)
+        for runtime in runtimes:
+            name = runtime.policy.name
+            state = saved.get((name, runtime.instance_id))
+            if state is not None:
                 try:
                     runtime.policy.load_state(state)
                 except ValueError as err:
@@ -262,19 +263,12 @@ class FleetService:
                         err,
                     )
                     runtime.policy = self.steering.controller(self._spec(runtime))()
-
-    async def _restore_estimators(self, runtimes: list[InstanceRuntime]) -> None:
-        saved = await asyncio.to_thread(
-            load_policy_states, self._factory, [r.instance_id for r in runtimes], ESTIMATOR_STATE
-        )
-        for runtime in runtimes:
-            state = saved.get(runtime.instance_id)
-            if state is None:
-                continue
-            try:
-                runtime.estimator.load_state(state)
-            except ValueError as err:
-                log.error("instance %s: energy model not restored (%s)", runtime.name, err)
+            model = saved.get((ESTIMATOR_STATE, runtime.instance_id)) if estimators else None
+            if model is not None:
+                try:
+                    runtime.estimator.load_state(model)
+                except ValueError as err:
+                    log.error("instance %s: energy model not restored (%s)", runtime.name, err)
 
     def _spec(self, runtime: InstanceRuntime) -> SloSpec:
         return runtime.spec or self.steering.default
@@ -373,25 +367,21 @@ class FleetService:
             return
         runtime.decisions_saved = runtime.decisions
         now = datetime.now(UTC)
-        self._writer.add_policy_state(
-            {
-                "instance_id": runtime.instance_id,
-                "policy": runtime.policy.name,
-                "state": runtime.policy.state(),
-                "decisions": runtime.decisions,
-                "updated_at": now,
-            }
-        )
-        # The energy model is the instance's, whatever controller runs it.
-        self._writer.add_policy_state(
-            {
-                "instance_id": runtime.instance_id,
-                "policy": ESTIMATOR_STATE,
-                "state": runtime.estimator.state(),
-                "decisions": runtime.decisions,
-                "updated_at": now,
-            }
-        )
+        # The controller's learning, and the energy model, which is the instance's
+        # whatever controller runs it.
+        for key, state in (
+            (runtime.policy.name, runtime.policy.state()),
+            (ESTIMATOR_STATE, runtime.estimator.state()),
+        ):
+            self._writer.add_policy_state(
+                {
+                    "instance_id": runtime.instance_id,
+                    "policy": key,
+                    "state": state,
+                    "decisions": runtime.decisions,
+                    "updated_at": now,
+                }
+            )
 
     # ---- controllability ------------------------------------------------------------
     async def control_status(

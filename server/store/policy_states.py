@@ -28,12 +28,22 @@ def upsert_policy_state(db: Session, row: dict[str, Any]) -> None:
 def load_policy_states(
     factory: sessionmaker[Session], instance_ids: list[int], policy: str
 ) -> dict[int, dict[str, Any]]:
-    if not instance_ids:
-        return {}
+    return {i: state for (_, i), state in load_states(factory, {policy: instance_ids}).items()}
+
+
+def load_states(
+    factory: sessionmaker[Session], wanted: dict[str, list[int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Saved states by (policy, instance id), for each policy's instances, in one session."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     with factory() as db:
-        rows = db.scalars(
-            select(PolicyState).where(
-                PolicyState.instance_id.in_(instance_ids), PolicyState.policy == policy
-            )
-        ).all()
-        return {r.instance_id: r.state for r in rows}
+        for policy, instance_ids in wanted.items():
+            if not instance_ids:
+                continue
+            rows = db.scalars(
+                select(PolicyState).where(
+                    PolicyState.instance_id.in_(instance_ids), PolicyState.policy == policy
+                )
+            ).all()
+            found.update(((policy, r.instance_id), r.state) for r in rows)
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,32 +39,35 @@ class PolicyTargetError(Exception):
     """The policy names an instance that does not exist."""
 
 
-def as_dict(row: SloPolicy) -> dict[str, Any]:
-    out: dict[str, Any] = {name: getattr(row, name) for name in FIELDS}
-    out.update(id=row.id, created_at=row.created_at, updated_at=row.updated_at)
-    return out
-
-
 def _audit_view(row: SloPolicy) -> dict[str, Any]:
     view = {name: getattr(row, name) for name in FIELDS}
     view["id"] = row.id
     return view
 
 
-def as_spec(row: SloPolicy) -> SloSpec:
+def as_dict(row: SloPolicy) -> dict[str, Any]:
+    return {**_audit_view(row), "created_at": row.created_at, "updated_at": row.updated_at}
+
+
+def spec_of(values: Mapping[str, Any], policy_id: int | None = None, revision: str = "") -> SloSpec:
+    """The spec of a policy's FIELDS: a stored row's, or a request's before it is stored."""
     return SloSpec(
-        id=row.id,
-        name=row.name,
-        scope=row.scope,
-        targets=SloTargets(row.ttft_s, row.tpot_s, row.percentile),
-        max_p90_slowdown=row.max_p90_slowdown,
-        max_attainment_loss_points=row.max_attainment_loss_points,
-        controller=row.controller,
-        tunables=dict(row.controller_tunables),
-        selector=dict(row.selector),
-        instance_id=row.instance_id,
-        revision=row.updated_at.isoformat(),
+        id=policy_id,
+        name=values["name"],
+        scope=values["scope"],
+        targets=SloTargets(values["ttft_s"], values["tpot_s"], values["percentile"]),
+        max_p90_slowdown=values["max_p90_slowdown"],
+        max_attainment_loss_points=values["max_attainment_loss_points"],
+        controller=values["controller"],
+        tunables=dict(values["controller_tunables"]),
+        selector=dict(values["selector"]),
+        instance_id=values["instance_id"],
+        revision=revision,
     )
+
+
+def as_spec(row: SloPolicy) -> SloSpec:
+    return spec_of(_audit_view(row), row.id, row.updated_at.isoformat())
 
 
 def load_specs(factory: sessionmaker[Session]) -> list[SloSpec]:
