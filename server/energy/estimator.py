@@ -4,25 +4,32 @@ In production the default-clock run of the same traffic is never observed, so a 
 is an estimate. This one rests on a model of power at default clocks against the work
 served, fitted only on windows that really ran at default clocks:
 
-    P_default(x) = w . phi(x),   phi = [1, idle, g, p, g^2]
+    P_default(x) = level * shape(x),   shape(x) = w . phi(x),   phi = [1, idle, g, p, g^2]
 
 with g the generated and p the prompt tokens per second of the window and idle 1 when
-it served nothing. Tokens served are
-what the lowered clock does not change (the traffic is the same); the number of steps,
-the batch sizes and the queue are not, so none of those enters. The model is linear in
-the token rates but for g^2, so the total of a run depends on the tokens served, not on
-how the lowered clock shifted them between windows.
+it served nothing. Tokens served are what the lowered clock does not change (the traffic
+is the same); the number of steps, the batch sizes and the queue are not, so none of
+those enters. The model is linear in the token rates but for g^2, so the total of a run
+depends on the tokens served, not on how the lowered clock shifted them between windows.
 
-The model learns only from windows at default clocks that are a fair sample of the
-traffic: calibration windows, where the decider holds default clocks for two windows in
-every CALIBRATION_GAP while the controller wanted a lower clock, and windows of the admin's
-observe and off modes. Windows the controller sent to default clocks itself are not: it
-does so under congestion, where the same tokens cost more power (conv 2023 at 85 % peak:
-a model fitted on agft's own 1,400 default windows put its saving at 12.5 % against a
-true 10.5 %; fitted on calibration windows, 10.2 %).
+Two kinds of windows at default clocks teach it different things:
+- every window at default clocks teaches the shape w (a ridge fit): how power grows with
+  the work served, over every load the GPU met at default clocks;
+- only windows that are a fair sample of the traffic set the level: calibration windows,
+  where the decider holds default clocks for two windows in every CALIBRATION_GAP while
+  the controller wanted a lower clock, and windows of the admin's observe and off modes.
+  The level is their measured energy over what the shape predicts for them.
+Windows the controller sent to default clocks itself are not a fair sample: it does so
+under congestion, where the same tokens cost more power (conv 2023 at 85 % peak: a model
+fitted only on agft's own 1,400 default windows put its saving at 12.5 % against a true
+10.5 %). The calibration windows alone are a fair sample but a thin one, taken when the
+controller wanted a lower clock, so at the lighter loads: a shape fitted on them alone
+extrapolated to the busier windows and under-claimed rule's saving on code 2023 at 50 %
+peak by 3.7 points on average (4 seeds); the shape from every default window with the
+level from the calibration windows is what docs/ENERGY.md's table measures.
 
-How sure it is: before each calibration window updates the model, the model predicts it.
-The mean and spread of those out-of-sample relative errors are the estimator's measured
+How sure it is: before each fair window updates the model, the model predicts it. The
+mean and spread of those out-of-sample relative errors are the estimator's measured
 error; a report's band is the estimate times (|mean| + 2 x standard error), and `agft
 bench` checks the whole against the true default run of the same arrivals.
 """
@@ -44,9 +51,13 @@ PROMPT_SCALE = 10_000.0
 RIDGE_LAMBDA = 1e-3
 MIN_CALIBRATION = 12  # calibrations before any estimate is made
 EARLY_GAP = 5  # windows between calibrations while the model has fewer than that
-# ... and after: one calibration every 60 windows (one in 30 cost twice as much saving
-# for no better estimate on conv 2023 at 85 % peak; one in 120 left rule's estimate on
-# code 2023 4.7 points low).
+# ... and after: the n-th calibration comes n windows after the last one, until one in
+# every 60. A young model is the estimate's largest error: with one calibration per 60
+# windows from the 12th on, rule's estimate on code 2023 at 50 % peak stayed low for the
+# first half hour (seed 2: -2.4 points over the hour, its final model -0.05); the growing
+# gap gives it 60 calibrations by window 1,800 instead of 42 (-2.4 -> +0.1). One in 30
+# for good cost twice as much saving for no better estimate on conv 2023 at 85 % peak;
+# one in 120 left rule's estimate on code 2023 4.7 points low.
 CALIBRATION_GAP = 60
 # A calibration holds default clocks for two windows and learns from the second: the
 # first still drains the queue the lower clock built and draws less power per token than
@@ -59,7 +70,11 @@ CALIBRATION_WINDOWS = 2
 # idle windows off its busy intercept (code 2023 at 50 % peak, agft, seed 1: +4.2 points
 # of claimed saving without the limit; +0.4 below the truth at 20, +0.0 at 100).
 EXTRAPOLATION_LIMIT = 20.0
-STATE_VERSION = 1
+# The level remembers about this many fair windows (exponential forgetting): four hours
+# at one calibration a minute, long enough to average out one window's noise, short
+# enough to follow a GPU that ages or a model that is swapped.
+LEVEL_MEMORY = 240
+STATE_VERSION = 2
 ESTIMATOR_STATE = "energy-estimator"  # its key in policy_states, beside the controller's
 
 
@@ -97,10 +112,16 @@ class DefaultEnergyEstimator:
     """One instance's model of power at default clocks, learnt online."""
 
     def __init__(self) -> None:
+        # The shape: ridge over every window at default clocks.
         self._a = np.eye(N_FEATURES) * RIDGE_LAMBDA
         self._b = np.zeros(N_FEATURES)
         self._a_inv = np.linalg.inv(self._a)
-        self.calibrations = 0  # windows at default clocks the model learnt from
+        self.shape_windows = 0
+        # The level: decayed sums of the fair windows' features and power. The shape is
+        # linear in phi, so sum(shape(phi_i)) = w . sum(phi_i) and no window is kept.
+        self._fair_phi = np.zeros(N_FEATURES)
+        self._fair_power = 0.0
+        self.calibrations = 0  # fair windows at default clocks the level learnt from
         self.forced = 0  # of which the decider forced for calibration
         self._since_calibration = 0
         # Welford over the out-of-sample relative errors.
@@ -113,17 +134,32 @@ class DefaultEnergyEstimator:
     def ready(self) -> bool:
         return self.calibrations >= MIN_CALIBRATION
 
-    def predict_power_w(self, phi: FloatArray) -> float:
-        weights = self._a_inv @ self._b
-        # Power is never below zero; a wild extrapolation must not claim energy from nowhere.
-        return max(float(phi @ weights), 0.0)
+    def _shape(self) -> FloatArray:
+        return self._a_inv @ self._b
 
-    def _learn(self, phi: FloatArray, power_w: float) -> None:
+    def level(self) -> float:
+        """Measured over shape-predicted power on the fair windows (1.0 before any)."""
+        predicted = float(self._shape() @ self._fair_phi)
+        if self._fair_power <= 0 or predicted <= 0:
+            return 1.0
+        return self._fair_power / predicted
+
+    def predict_power_w(self, phi: FloatArray) -> float:
+        # Power is never below zero; a wild extrapolation must not claim energy from nowhere.
+        return max(self.level() * float(phi @ self._shape()), 0.0)
+
+    def _learn_shape(self, phi: FloatArray, power_w: float) -> None:
         # Sherman-Morrison keeps the inverse current at O(d^2) per window.
         a_inv_phi = self._a_inv @ phi
         self._a_inv -= np.outer(a_inv_phi, a_inv_phi) / (1.0 + phi @ a_inv_phi)
         self._a += np.outer(phi, phi)
         self._b += power_w * phi
+        self.shape_windows += 1
+
+    def _learn_level(self, phi: FloatArray, power_w: float) -> None:
+        keep = 1.0 - 1.0 / LEVEL_MEMORY
+        self._fair_phi = keep * self._fair_phi + phi
+        self._fair_power = keep * self._fair_power + power_w
         self.calibrations += 1
         self._since_calibration = 0
 
@@ -155,16 +191,18 @@ class DefaultEnergyEstimator:
         estimated otherwise (None: unknown, or the model is not calibrated yet).
 
         representative: the window is at default clocks for a reason unrelated to the
-        load (a calibration window, an admin's mode), so it may teach the model."""
+        load (a calibration window, an admin's mode), so it may set the level."""
         self._since_calibration += 1
         if energy_j is None or not math.isfinite(energy_j) or duration_s <= 0:
             return None
         if at_default:
-            if phi is not None and representative:
+            if phi is not None:
                 power = energy_j / duration_s
-                if self.ready:
+                if representative and self.ready:
                     self._test(phi, power)
-                self._learn(phi, power)
+                self._learn_shape(phi, power)
+                if representative:
+                    self._learn_level(phi, power)
             return energy_j
         if phi is None or not self.ready:
             return None
@@ -174,9 +212,9 @@ class DefaultEnergyEstimator:
         return self.predict_power_w(phi) * duration_s
 
     def leverage_ratio(self, phi: FloatArray) -> float:
-        """How far phi lies from the calibration windows: phi' A^-1 phi over its mean
-        (p / n) on them; about 1 inside the calibrated loads, large outside."""
-        return float(phi @ self._a_inv @ phi) * max(self.calibrations, 1) / N_FEATURES
+        """How far phi lies from the windows the shape was fitted on: phi' A^-1 phi over
+        its mean (p / n) on them; about 1 inside the loads seen, large outside."""
+        return float(phi @ self._a_inv @ phi) * max(self.shape_windows, 1) / N_FEATURES
 
     def wants_calibration(self, phi: FloatArray | None) -> bool:
         """Should the next window run at default clocks to keep the estimate honest?"""
@@ -184,8 +222,13 @@ class DefaultEnergyEstimator:
             return False
         # The window it learns from comes CALIBRATION_WINDOWS windows after it asks:
         # asking that much early makes the period between calibrations exactly GAP.
-        gap = CALIBRATION_GAP if self.ready else EARLY_GAP
-        return self._since_calibration >= gap - CALIBRATION_WINDOWS
+        return self._since_calibration >= self.calibration_gap() - CALIBRATION_WINDOWS
+
+    def calibration_gap(self) -> int:
+        """Windows between the starts of two calibrations, growing as the model matures."""
+        if not self.ready:
+            return EARLY_GAP
+        return max(EARLY_GAP, min(CALIBRATION_GAP, self.calibrations))
 
     def note_forced(self) -> None:
         self.forced += 1
@@ -196,6 +239,9 @@ class DefaultEnergyEstimator:
             "version": STATE_VERSION,
             "a": self._a.tolist(),
             "b": self._b.tolist(),
+            "shape_windows": self.shape_windows,
+            "fair_phi": self._fair_phi.tolist(),
+            "fair_power": self._fair_power,
             "calibrations": self.calibrations,
             "forced": self.forced,
             "tests": self._tests,
@@ -205,18 +251,22 @@ class DefaultEnergyEstimator:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore state(); anything malformed raises ValueError and changes nothing."""
+        if isinstance(state, dict) and state.get("version") == 1:
+            state = _upgrade_v1(state)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError("energy estimator state: unsupported version")
         try:
             a = np.array(state["a"], dtype=np.float64)
             b = np.array(state["b"], dtype=np.float64)
-            counts = [state[k] for k in ("calibrations", "forced", "tests")]
-            floats = [state[k] for k in ("err_mean", "err_m2")]
+            fair_phi = np.array(state["fair_phi"], dtype=np.float64)
+            counts = [state[k] for k in ("shape_windows", "calibrations", "forced", "tests")]
+            floats = [state[k] for k in ("fair_power", "err_mean", "err_m2")]
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"energy estimator state: {err}") from None
-        if a.shape != (N_FEATURES, N_FEATURES) or b.shape != (N_FEATURES,):
+        shapes = (a.shape, b.shape, fair_phi.shape)
+        if shapes != ((N_FEATURES, N_FEATURES), (N_FEATURES,), (N_FEATURES,)):
             raise ValueError("energy estimator state: wrong shapes")
-        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        if not all(np.isfinite(x).all() for x in (a, b, fair_phi)):
             raise ValueError("energy estimator state: not finite")
         if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
             raise ValueError("energy estimator state: counts must be integers >= 0")
@@ -225,10 +275,28 @@ class DefaultEnergyEstimator:
             for f in floats
         ):
             raise ValueError("energy estimator state: errors must be finite numbers")
+        if floats[0] < 0:
+            raise ValueError("energy estimator state: fair_power must be >= 0")
         try:
             a_inv = np.linalg.inv(a)
         except np.linalg.LinAlgError:
             raise ValueError("energy estimator state: singular model") from None
         self._a, self._b, self._a_inv = a, b, a_inv
-        self.calibrations, self.forced, self._tests = counts
-        self._err_mean, self._err_m2 = float(floats[0]), float(floats[1])
+        self._fair_phi = fair_phi
+        self.shape_windows, self.calibrations, self.forced, self._tests = counts
+        self._fair_power = float(floats[0])
+        self._err_mean, self._err_m2 = float(floats[1]), float(floats[2])
+
+
+def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 fitted one ridge on the fair windows alone: it becomes the shape, with
+    no level sums yet (level 1.0, exactly what version 1 predicted), so an upgraded
+    server keeps estimating instead of calibrating from scratch."""
+    calibrations = state.get("calibrations")
+    return {
+        **state,
+        "version": STATE_VERSION,
+        "shape_windows": calibrations,
+        "fair_phi": [0.0] * N_FEATURES,
+        "fair_power": 0.0,
+    }
