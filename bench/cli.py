@@ -119,6 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--oracle-lookahead", type=int, default=2, help="windows at default clocks")
     p.add_argument(
+        "--plan-step-mhz",
+        type=_positive(int),
+        default=180,
+        help="oracle-plan's clock grid step (its table's columns)",
+    )
+    p.add_argument(
+        "--plan-lookahead",
+        type=int,
+        default=1,
+        help="windows at default clocks after each of oracle-plan's table cells",
+    )
+    p.add_argument(
         "--oracle-budget",
         choices=("cumulative", "window"),
         default="cumulative",
@@ -156,6 +168,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         raise BenchUsageError("--drain-s must not be negative")
     if args.oracle_lookahead < 0:
         raise BenchUsageError("--oracle-lookahead must not be negative")
+    if args.plan_lookahead < 0:
+        raise BenchUsageError("--plan-lookahead must not be negative")
     if args.oracle_slowdown < 0:
         raise BenchUsageError("--oracle-slowdown must not be negative")
     if not 0 <= args.oracle_attainment_slack <= 100:
@@ -184,6 +198,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         oracle_slowdown=args.oracle_slowdown,
         oracle_attainment_slack=args.oracle_attainment_slack / 100.0,
         oracle_lookahead=args.oracle_lookahead,
+        plan_step_mhz=args.plan_step_mhz,
+        plan_lookahead=args.plan_lookahead,
         oracle_budget=args.oracle_budget,
     )
 

@@ -21,12 +21,11 @@ longer than T, and SLO attainment is a count of misses. So the budget can be pri
 3. The plan at price lam: in every window the candidate minimising
    dE + lam x sum_k dn_k / slack_k (default clocks cost 0). A bisection on lam finds the
    cheapest plan whose predicted spend fits `fill` x every slack.
-4. The plan is run for real, through decide_window and the ClockController like every
-   policy, and judged on the real whole-run figures (p90 TTFT and TPOT within 1 + s of
-   default's, SLO attainment at most `attainment_slack` below). Windows interact (a queue left by
-   one slowed window slows the next more than the table saw), so if the run breaks a
-   constraint, `fill` shrinks and the next plan is run; the first plan that holds is the
-   result, default clocks if none does.
+4. Plans are run for real and judged on the real whole-run figures (p90 TTFT and TPOT
+   within 1 + s of default's, SLO attainment at most `attainment_slack` below), by the
+   search in bench/plan_search.py: it bisects `fill`, repairs the windows a broken run
+   blames, and starts from every causal policy's own run, so it never ends below a run
+   it has seen keep the promises.
 
 It is still a heuristic for an intractable problem (the table sees each window's choice on
 the default trajectory, one at a time), but every number it reports comes from a real run
@@ -36,27 +35,19 @@ that keeps the budget, and it searches the whole run rather than one window.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
-from bench.metrics import meets_objectives, summarise
-from bench.oracle import Horizon, OraclePolicy, run_horizon
-from bench.progress import note
+from bench.harness import RunSpec, instance_arms, new_node
+from bench.oracle import Horizon, run_horizon
 from bench.samples import Recorder, weighted_quantile
 from server.control.policy import ClockArms, SloTargets
 
 # The plan's constraints, in the table's last axis.
 CONSTRAINTS = ("ttft_p90", "itl_p90", "slo_misses")
-# The first plan may be predicted to spend this share of every slack; each real run that
-# breaks a constraint shrinks that constraint's share by _SHRINK, up to _TRIES runs.
-_FIRST_FILL = 0.8
-_SHRINK = 0.5
-_TRIES = 8
 _BISECTION_STEPS = 40
 # The product's attainment promise, as a share: at most 1 point below default's.
 DEFAULT_ATTAINMENT_SLACK = 0.01
@@ -81,27 +72,6 @@ class Table:
     clocks: tuple[int | None, ...]  # column 0 is default clocks (None)
     d_energy_j: NDArray[np.float64]  # (windows, candidates)
     d_counts: NDArray[np.float64]  # (windows, candidates, len(CONSTRAINTS))
-
-
-@dataclass(frozen=True, slots=True)
-class PlanTry:
-    fill: tuple[float, ...]  # per CONSTRAINTS
-    share: float  # of the lowered windows kept (keep_best)
-    banned: int  # windows held at default clocks, blamed by earlier real runs
-    price: float
-    predicted_saving_j: float
-    predicted_spend: tuple[float, ...]  # share of each slack
-    summary: dict[str, object]
-    holds: bool
-
-
-@dataclass(slots=True)
-class PlanResult:
-    run: PolicyRun
-    thresholds: Thresholds
-    tries: list[PlanTry] = field(default_factory=list)
-    chosen: PlanTry | None = None  # None: no plan held; default clocks
-    wall_s: float = 0.0  # the whole search: thresholds, table and every real run
 
 
 def thresholds(
@@ -244,183 +214,3 @@ def plan_for(
         else:
             hi, best = mid, picks
     return best, hi
-
-
-def broken(
-    summary: Mapping[str, object],
-    reference: Mapping[str, object],
-    slowdown: float,
-    attainment_slack: float = DEFAULT_ATTAINMENT_SLACK,
-) -> tuple[bool, bool, bool]:
-    """Per CONSTRAINTS, whether the run broke the product's promise on whole-run figures:
-    p90 TTFT and TPOT within 1 + s of default's, SLO attainment at most attainment_slack
-    (a share: 0.01 is 1 point) below."""
-
-    def over(key: str) -> bool:
-        value, ref = summary[key], reference[key]
-        if not isinstance(value, float) or not isinstance(ref, float):
-            return value is not None
-        return value > (1.0 + slowdown) * ref
-
-    attained, ref_attained = summary["slo_attainment"], reference["slo_attainment"]
-    missed = (
-        not isinstance(attained, float)
-        or not isinstance(ref_attained, float)
-        or attained < ref_attained - attainment_slack
-    )
-    return over("ttft_p90_s"), over("tpot_p90_s"), missed
-
-
-def execute(spec: RunSpec, table: Table, picks: NDArray[np.int64], label: str) -> PolicyRun:
-    """Run a plan for real: the same harness, decide_window and ClockController as any policy."""
-    policy = OraclePolicy()
-    policy.name = label
-
-    def advise(_node: object, k: int) -> None:
-        # Decision k (1-based) is row k-1; past the table (never, by construction): default.
-        row = k - 1
-        policy.next_clock_mhz = table.clocks[int(picks[row])] if row < len(picks) else None
-
-    return run_policy(spec, policy, label=label, advisor=advise)
-
-
-def keep_best(table: Table, picks: NDArray[np.int64], share: float) -> NDArray[np.int64]:
-    """Only the `share` of lowered windows that save the most keep their clock; the rest
-    go back to default clocks (column 0)."""
-    if share >= 1.0:
-        return picks
-    rows = np.arange(len(picks))
-    saving = -table.d_energy_j[rows, picks]
-    lowered = np.nonzero(picks != 0)[0]
-    keep = math.floor(share * len(lowered))
-    order = lowered[np.argsort(-saving[lowered], kind="stable")]
-    out = picks.copy()
-    out[order[keep:]] = 0
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Promise:
-    """The judged thresholds per request, from the default-clock run's own figures."""
-
-    ttft_s: float  # (1 + s) x default's p90 TTFT
-    tpot_s: float  # (1 + s) x default's p90 TPOT
-    slo: SloTargets
-
-
-def blamed_rows(
-    run: PolicyRun,
-    reference: PolicyRun,
-    picks: NDArray[np.int64],
-    failed: tuple[bool, ...],
-    promise: Promise,
-    lookahead: int,
-) -> NDArray[np.bool_]:
-    """Lowered windows that a broken promise can be blamed on, from the real run.
-
-    A request is to blame when it crosses a threshold in this run but not at default
-    clocks (for a broken p90: TTFT or TPOT over (1 + s) x default's p90; for attainment:
-    an SLO miss). Every lowered window it lived through, from `lookahead` windows before
-    it arrived (a queue left behind) to its first token (TTFT) or its last (TPOT, misses),
-    is blamed; a request that finished at default clocks but not in this run, to the end.
-    Decision row r governs the window from (r + 1) w to (r + 2) w."""
-    w = run.window_s
-    done = {r.request_id: r for r in run.requests}
-    slo = promise.slo
-    end_s = (len(picks) + 1) * w  # the run's last window ends here
-    blamed = np.zeros(len(picks), dtype=bool)
-
-    def blame(start_s: float, stop_s: float) -> None:
-        lo = max(0, math.floor(start_s / w) - 1 - lookahead)
-        hi = min(len(picks) - 1, math.floor(stop_s / w) - 1)
-        if hi >= lo:
-            blamed[lo : hi + 1] = True
-
-    ttft_broken, tpot_broken, slo_broken = failed
-    for base in reference.requests:
-        r = done.get(base.request_id)
-        if r is None:
-            # Finished at default clocks, not in this run: a miss attainment counts.
-            if slo_broken:
-                blame(base.arrival_s, end_s)
-            continue
-        if ttft_broken and r.ttft_s > promise.ttft_s >= base.ttft_s:
-            blame(r.arrival_s, r.first_token_s)
-        multi = r.output_tokens > 1
-        if tpot_broken and multi and r.tpot_s > promise.tpot_s >= base.tpot_s:
-            blame(r.first_token_s, r.finish_s)
-        if slo_broken and meets_objectives(base, slo) and not meets_objectives(r, slo):
-            blame(r.arrival_s, r.finish_s)
-    out: NDArray[np.bool_] = blamed & (picks != 0)
-    return out
-
-
-def search(
-    spec: RunSpec,
-    table: Table,
-    th: Thresholds,
-    reference: PolicyRun,
-    slo: SloTargets,
-    slowdown: float,
-    lookahead: int = 2,
-    tries: int = _TRIES,
-    attainment_slack: float = DEFAULT_ATTAINMENT_SLACK,
-    label: str = "oracle-plan",
-    err: TextIO | None = None,
-) -> PlanResult:
-    """Plans run for real until one holds.
-
-    After a broken plan, each broken constraint halves its share of the slack. Every
-    lowered window a real run blames for a broken promise (blamed_rows) is noted, and
-    every other broken plan the noted windows are held at default clocks from then on:
-    the table cannot see a queue that outlives its lookahead, the real run can; trying a
-    smaller fill alone first keeps windows that a smaller fill already makes safe. If
-    nothing changes the plan, only the better-saving half of its lowered windows keeps
-    its clock."""
-    ref_summary = summarise(reference, reference, slo)
-    promise = Promise(
-        (1.0 + slowdown) * float(ref_summary["ttft_p90_s"] or 0.0),
-        (1.0 + slowdown) * float(ref_summary["tpot_p90_s"] or 0.0),
-        slo,
-    )
-    result = PlanResult(reference, th)
-    fill = [_FIRST_FILL] * len(CONSTRAINTS)
-    share = 1.0
-    banned = np.zeros(len(table.d_energy_j), dtype=bool)
-    blamed = np.zeros(len(table.d_energy_j), dtype=bool)
-    previous: NDArray[np.int64] | None = None
-    for _ in range(tries):
-        picks, price = plan_for(table, th.slack, tuple(fill))
-        picks = np.where(banned, 0, picks)
-        if previous is not None and np.array_equal(picks, previous):
-            # The smaller fill changed nothing: the blamed windows go now, not a try later.
-            banned |= blamed
-            picks = np.where(banned, 0, picks)
-            if np.array_equal(picks, previous):
-                share *= _SHRINK
-        previous = picks
-        picks = keep_best(table, picks, share)
-        saved, spend = predicted(table, th.slack, picks)
-        run = execute(spec, table, picks, label)
-        summary = summarise(run, reference, slo)
-        failed = broken(summary, ref_summary, slowdown, attainment_slack)
-        attempt = PlanTry(
-            tuple(fill), share, int(banned.sum()), price, saved, spend, summary, not any(failed)
-        )
-        result.tries.append(attempt)
-        if err is not None:
-            broke = [name for name, bad in zip(CONSTRAINTS, failed, strict=True) if bad]
-            note(
-                f"{label}: plan {len(result.tries)} saves {summary['energy_saving_pct']:.1f} %"
-                + (f", breaks {', '.join(broke)}" if broke else ", holds"),
-                err,
-            )
-        if attempt.holds:
-            result.run, result.chosen = run, attempt
-            return result
-        fill = [f * _SHRINK if bad else f for f, bad in zip(fill, failed, strict=True)]
-        blamed |= blamed_rows(run, reference, picks, failed, promise, lookahead)
-        if len(result.tries) % 2 == 0:
-            banned |= blamed
-    # Nothing held: default clocks, the run every policy is measured against.
-    return result
