@@ -233,14 +233,20 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
     plan = data.get("oracle_plan")
     if plan is not None:
         th = plan["thresholds"]
+        slowdown = s["oracle"]["slowdown"]
+        caps = (
+            "no slowdown cap (the SLO-only promise)"
+            if slowdown is None
+            else f"thresholds from default clocks: TTFT {_cell(th['ttft_s'], 'ms')} ms, "
+            f"inter-token latency {_cell(th['itl_s'], 'ms')} ms (p90 x (1 + {slowdown:g}))"
+        )
         lines += [
             "",
             "## oracle-plan",
             "",
-            f"Thresholds from default clocks: TTFT {_cell(th['ttft_s'], 'ms')} ms, inter-token "
-            f"latency {_cell(th['itl_s'], 'ms')} ms (p90 x (1 + {s['oracle']['slowdown']:g})); "
-            f"SLO attainment at most {_points(s['oracle']['attainment_slack_pts'])} below "
-            "default's. Every schedule below ran for real (seeds: a policy's own run); "
+            f"Promises: {caps}; SLO attainment at most "
+            f"{_points(s['oracle']['attainment_slack_pts'])} below default's. "
+            "Every schedule below ran for real (seeds: a policy's own run); "
             "the best that keeps every promise is the result:",
             "",
             "| run | schedule | fill (TTFT / ITL / SLO) | windows repaired "

@@ -6,7 +6,7 @@ import io
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +129,13 @@ def run_bench(
     workload: PreparedStream | None = None,
     err: TextIO | None = None,
     jobs: int = 1,
+    plan_seeds: Mapping[str, PolicyRun] | None = None,
 ) -> BenchResult:
     """Every policy of config over the workload; runs are independent and deterministic, so
-    `jobs` worker processes give the same numbers as one, sooner."""
+    `jobs` worker processes give the same numbers as one, sooner.
+
+    plan_seeds: runs of the same arrivals made elsewhere (another benchmark of the same
+    workload) that oracle-plan starts from besides this benchmark's own runs."""
     workload = workload or prepare(config, err)
     arrivals = workload.arrivals
     windows = RunSpec.windows_for(arrivals, config.window_s, config.drain_s)
@@ -176,7 +180,7 @@ def run_bench(
         if "oracle-plan" in config.policies:
             plan_t0 = time.perf_counter()
             # Every run so far is a schedule of the same arrivals: the plan starts from them.
-            seeds = {n: r for n, r in runs.items() if n != REFERENCE}
+            seeds = {**(plan_seeds or {}), **{n: r for n, r in runs.items() if n != REFERENCE}}
             result.plan = _plan(tasks, arms, runs[REFERENCE], seeds, pool)
             result.plan.wall_s = time.perf_counter() - plan_t0
             runs["oracle-plan"] = result.plan.run
