@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         loads = [float(x) for x in args.loads.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
-        for trace in args.trace:
-            for load in loads:
-                for seed in seeds:
+        # Seed by seed, so a sweep cut short still covers every trace and load.
+        for seed in seeds:
+            for trace in args.trace:
+                for load in loads:
                     print(f"{trace.name} at {load:g} peak, seed {seed}", file=sys.stderr)
                     run_cell(trace, load, seed, args.out, args.jobs, args.duration)
         return 0
