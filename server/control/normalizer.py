@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from server.control.state_schema import StateReader
+
 FloatArray = NDArray[np.float64]
 
 
@@ -82,36 +84,25 @@ class Normalizer:
     @classmethod
     def from_dict(cls, data: Any) -> Normalizer:
         """Rebuild from to_dict(); malformed input raises ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError("normalizer state must be a mapping")
-        dim = data.get("dim")
-        clip = data.get("clip")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"normalizer state: bad dim {dim!r}")
-        if not isinstance(clip, int | float) or isinstance(clip, bool):
-            raise ValueError(f"normalizer state: bad clip {clip!r}")
-        norm = cls(dim, float(clip))
-        count = _vector(data.get("count"), dim, "count")
-        m2 = _vector(data.get("m2"), dim, "m2")
+        read = StateReader("normalizer state")
+        data = read.mapping(data, "the normalizer", keys={"dim", "clip", "count", "mean", "m2"})
+        dim = read.integer(data.get("dim"), "dim")
+        if dim < 1:
+            raise read.fail("dim", f"must be at least 1, not {dim}")
+        clip = read.positive(data.get("clip"), "clip")
+        count = read.array(data.get("count"), "count", (dim,))
+        m2 = read.array(data.get("m2"), "m2", (dim,))
         if np.any(count < 0) or np.any(count != np.floor(count)):
             raise ValueError("normalizer state: count must hold non-negative integers")
         if np.any(m2 < 0):
             raise ValueError("normalizer state: m2 must be non-negative")
+        mean = read.array(data.get("mean"), "mean", (dim,))
+        norm = cls(dim, clip)
         norm._count = count
-        norm._mean = _vector(data.get("mean"), dim, "mean")
+        norm._mean = mean
         norm._m2 = m2
         return norm
 
     def _check_shape(self, x: FloatArray) -> None:
         if x.shape != (self.dim,):
             raise ValueError(f"features must have shape ({self.dim},), got {x.shape}")
-
-
-def _vector(value: Any, dim: int, name: str) -> FloatArray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"normalizer state: {name} is not numeric") from exc
-    if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"normalizer state: {name} must be {dim} finite numbers")
-    return arr

@@ -36,6 +36,7 @@ from server.control.normalizer import Normalizer
 from server.control.observation import Observation, ServingSample
 from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
 from server.control.ridge import RidgeArm
+from server.control.state_schema import StateReader
 
 FloatArray = NDArray[np.float64]
 
@@ -50,6 +51,14 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 STATE_VERSION = 1
+_READ = StateReader("paper state")
+_STATE_KEYS = frozenset(
+    (
+        *("version", "phase", "normalizer", "baseline", "arms", "grid_built", "active"),
+        *("sweep", "sweep_attempts", "pruned", "cascade_floor_mhz", "ban_boundary_mhz"),
+        *("rounds", "last_prune_round", "last_refine_round", "recent", "rng"),
+    )
+)
 
 BASELINE, SWEEP, LINUCB, GREEDY = "baseline", "sweep", "linucb", "greedy"
 PHASES = (BASELINE, SWEEP, LINUCB, GREEDY)
@@ -641,46 +650,48 @@ class _LoadedState:
 
     @classmethod
     def parse(cls, state: Any, tunables: PaperTunables) -> _LoadedState:
-        if not isinstance(state, dict):
-            raise ValueError("paper state must be a mapping")
-        if state.get("version") != STATE_VERSION:
+        state = _READ.mapping(state, "the state")
+        if _READ.version(state) != STATE_VERSION:
             raise ValueError(f"paper state: unsupported version {state.get('version')!r}")
+        _READ.mapping(state, "the state", keys=_STATE_KEYS)
         phase = state.get("phase")
         if phase not in PHASES:
             raise ValueError(f"paper state: unknown phase {phase!r}")
         normalizer = Normalizer.from_dict(state.get("normalizer"))
         if normalizer.dim != N_FEATURES:
             raise ValueError("paper state: normalizer has the wrong dimension")
-        baseline = _mapping(state.get("baseline"), "baseline")
-        baseline_edp = _opt_float(baseline.get("edp"), "baseline.edp")
+        baseline = _READ.mapping(state.get("baseline"), "baseline", keys={"sum", "count", "edp"})
+        baseline_edp = _READ.optional_number(baseline.get("edp"), "baseline.edp")
         if baseline_edp is not None and baseline_edp <= 0:
             raise ValueError("paper state: baseline.edp must be positive")
         if phase != BASELINE and baseline_edp is None:
             raise ValueError("paper state: a baseline is required after the baseline phase")
         rng = _parse_rng(state.get("rng"))
-        recent = _int_list(state.get("recent"), "recent")
+        recent = _READ.integers(state.get("recent"), "recent")
         if len(recent) > tunables.convergence_window:
             raise ValueError("paper state: recent is longer than the convergence window")
-        grid_built = state.get("grid_built")
-        if not isinstance(grid_built, bool):
-            raise ValueError("paper state: grid_built must be a boolean")
+        grid_built = _READ.boolean(state.get("grid_built"), "grid_built")
+
+        def optional_integer(key: str) -> int | None:
+            return _READ.optional_integer(state.get(key), key)
+
         return cls(
             normalizer=normalizer,
             phase=phase,
-            baseline_sum=_float(baseline.get("sum"), "baseline.sum"),
-            baseline_count=_count(baseline.get("count"), "baseline.count"),
+            baseline_sum=_READ.number(baseline.get("sum"), "baseline.sum"),
+            baseline_count=_READ.count(baseline.get("count"), "baseline.count"),
             baseline_edp=baseline_edp,
             arms=_parse_arms(state.get("arms")),
             grid_built=grid_built,
-            active=_int_list(state.get("active"), "active"),
-            sweep=_int_list(state.get("sweep"), "sweep"),
-            sweep_attempts=_count(state.get("sweep_attempts"), "sweep_attempts"),
-            pruned=set(_int_list(state.get("pruned"), "pruned")),
-            cascade_floor=_opt_int(state.get("cascade_floor_mhz"), "cascade_floor_mhz"),
-            ban_boundary=_opt_int(state.get("ban_boundary_mhz"), "ban_boundary_mhz"),
-            rounds=_count(state.get("rounds"), "rounds"),
-            last_prune_round=_count(state.get("last_prune_round"), "last_prune_round"),
-            last_refine_round=_opt_int(state.get("last_refine_round"), "last_refine_round"),
+            active=_READ.integers(state.get("active"), "active"),
+            sweep=_READ.integers(state.get("sweep"), "sweep"),
+            sweep_attempts=_READ.count(state.get("sweep_attempts"), "sweep_attempts"),
+            pruned=set(_READ.integers(state.get("pruned"), "pruned")),
+            cascade_floor=optional_integer("cascade_floor_mhz"),
+            ban_boundary=optional_integer("ban_boundary_mhz"),
+            rounds=_READ.count(state.get("rounds"), "rounds"),
+            last_prune_round=_READ.count(state.get("last_prune_round"), "last_prune_round"),
+            last_refine_round=optional_integer("last_refine_round"),
             recent=recent,
             rng=rng,
         )
@@ -688,8 +699,8 @@ class _LoadedState:
 
 def _parse_rng(value: Any) -> dict[str, Any]:
     """A PCG64 state as numpy writes it, checked field by field (numpy accepts floats)."""
-    rng = _mapping(value, "rng")
-    inner = _mapping(rng.get("state"), "rng.state")
+    rng = _READ.mapping(value, "rng")
+    inner = _READ.mapping(rng.get("state"), "rng.state")
     if rng.get("bit_generator") != "PCG64":
         raise ValueError("paper state: rng must be a PCG64 state")
     for name, number, limit in (
@@ -698,13 +709,13 @@ def _parse_rng(value: Any) -> dict[str, Any]:
         ("rng.has_uint32", rng.get("has_uint32"), 2),
         ("rng.uinteger", rng.get("uinteger"), 1 << 32),
     ):
-        if _count(number, name) >= limit:
+        if _READ.count(number, name) >= limit:
             raise ValueError(f"paper state: {name} is out of range")
     return rng
 
 
 def _parse_arms(value: Any) -> dict[int, _Arm]:
-    raw = _mapping(value, "arms")
+    raw = _READ.mapping(value, "arms")
     arms: dict[int, _Arm] = {}
     for key, entry in raw.items():
         try:
@@ -713,52 +724,13 @@ def _parse_arms(value: Any) -> dict[int, _Arm]:
             raise ValueError(f"paper state: arm key {key!r} is not a clock") from exc
         if clock <= 0:
             raise ValueError(f"paper state: arm key {key!r} is not a clock")
-        item = _mapping(entry, f"arms[{key}]")
+        item = _READ.mapping(entry, f"arms[{key}]", keys={"model", "reward_sum", "ratio_sum"})
         model = RidgeArm.from_dict(item.get("model"))
         if model.dim != N_FEATURES:
             raise ValueError(f"paper state: arms[{key}] has the wrong dimension")
         arms[clock] = _Arm(
             model,
-            _float(item.get("reward_sum"), f"arms[{key}].reward_sum"),
-            _float(item.get("ratio_sum"), f"arms[{key}].ratio_sum"),
+            _READ.number(item.get("reward_sum"), f"arms[{key}].reward_sum"),
+            _READ.number(item.get("ratio_sum"), f"arms[{key}].ratio_sum"),
         )
     return arms
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"paper state: {name} must be a mapping")
-    return value
-
-
-def _float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"paper state: {name} must be a finite number")
-    return float(value)
-
-
-def _opt_float(value: Any, name: str) -> float | None:
-    return None if value is None else _float(value, name)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"paper state: {name} must be an integer")
-    return value
-
-
-def _count(value: Any, name: str) -> int:
-    number = _int(value, name)
-    if number < 0:
-        raise ValueError(f"paper state: {name} must be non-negative")
-    return number
-
-
-def _opt_int(value: Any, name: str) -> int | None:
-    return None if value is None else _int(value, name)
-
-
-def _int_list(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list):
-        raise ValueError(f"paper state: {name} must be a list")
-    return [_int(v, f"{name}[]") for v in value]

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from server.control.state_schema import StateReader
+
 FloatArray = NDArray[np.float64]
 
 # A stored inverse may drift this far from symmetry through rounding and still be
@@ -107,20 +109,17 @@ class RidgeArm:
     @classmethod
     def from_dict(cls, data: Any) -> RidgeArm:
         """Rebuild a model from to_dict(); any malformed field raises ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError("ridge state must be a mapping")
-        dim = data.get("dim")
-        lam = data.get("lam")
-        n = data.get("n")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"ridge state: bad dim {dim!r}")
-        if not isinstance(lam, int | float) or isinstance(lam, bool):
-            raise ValueError(f"ridge state: bad lam {lam!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"ridge state: bad n {n!r}")
-        model = cls(dim, float(lam))
-        a_inv = _finite_array(data.get("a_inv"), (dim, dim), "a_inv")
-        b = _finite_array(data.get("b"), (dim,), "b")
+        read = StateReader("ridge state")
+        data = read.mapping(data, "the model", keys={"dim", "lam", "n", "a_inv", "b"})
+        dim = read.integer(data.get("dim"), "dim")
+        if dim < 1:
+            raise read.fail("dim", f"must be at least 1, not {dim}")
+        lam = read.positive(data.get("lam"), "lam")
+        n = read.count(data.get("n"), "n")
+        # The arrays first: their sizes check dim before anything of that size is made.
+        b = read.array(data.get("b"), "b", (dim,))
+        a_inv = read.array(data.get("a_inv"), "a_inv", (dim, dim))
+        model = cls(dim, lam)
         _check_inverse(a_inv)
         model._a_inv = a_inv
         model._b = b
@@ -134,18 +133,6 @@ class RidgeArm:
         if not np.all(np.isfinite(x)):
             raise ValueError("context must be finite")
         return x
-
-
-def _finite_array(value: Any, shape: tuple[int, ...], name: str) -> FloatArray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"ridge state: {name} is not numeric") from exc
-    if arr.shape != shape:
-        raise ValueError(f"ridge state: {name} has shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"ridge state: {name} is not finite")
-    return arr
 
 
 def _check_inverse(a_inv: FloatArray) -> None:

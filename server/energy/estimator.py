@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from server.control.state_schema import StateReader
+
 FloatArray = NDArray[np.float64]
 
 N_FEATURES = 5
@@ -251,41 +253,43 @@ class DefaultEnergyEstimator:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore state(); anything malformed raises ValueError and changes nothing."""
-        if isinstance(state, dict) and state.get("version") == 1:
+        read = StateReader("energy estimator state")
+        state = read.mapping(state, "the state")
+        if read.version(state) == 1:
             state = _upgrade_v1(state)
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError("energy estimator state: unsupported version")
-        try:
-            a = np.array(state["a"], dtype=np.float64)
-            b = np.array(state["b"], dtype=np.float64)
-            fair_phi = np.array(state["fair_phi"], dtype=np.float64)
-            counts = [state[k] for k in ("shape_windows", "calibrations", "forced", "tests")]
-            floats = [state[k] for k in ("fair_power", "err_mean", "err_m2")]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"energy estimator state: {err}") from None
-        shapes = (a.shape, b.shape, fair_phi.shape)
-        if shapes != ((N_FEATURES, N_FEATURES), (N_FEATURES,), (N_FEATURES,)):
-            raise ValueError("energy estimator state: wrong shapes")
-        if not all(np.isfinite(x).all() for x in (a, b, fair_phi)):
-            raise ValueError("energy estimator state: not finite")
-        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
-            raise ValueError("energy estimator state: counts must be integers >= 0")
-        if any(
-            isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f)
-            for f in floats
-        ):
-            raise ValueError("energy estimator state: errors must be finite numbers")
-        if floats[0] < 0:
-            raise ValueError("energy estimator state: fair_power must be >= 0")
+        if read.version(state) != STATE_VERSION:
+            raise read.fail("version", f"{state.get('version')!r} is not supported")
+        read.mapping(state, "the state", keys=_STATE_KEYS)
+        a = read.array(state["a"], "a", (N_FEATURES, N_FEATURES))
+        b = read.array(state["b"], "b", (N_FEATURES,))
+        fair_phi = read.array(state["fair_phi"], "fair_phi", (N_FEATURES,))
+        counts = [
+            read.count(state[k], k) for k in ("shape_windows", "calibrations", "forced", "tests")
+        ]
+        fair_power = read.number(state["fair_power"], "fair_power")
+        if fair_power < 0:
+            raise read.fail("fair_power", "must be >= 0")
+        err_mean = read.number(state["err_mean"], "err_mean")
+        err_m2 = read.number(state["err_m2"], "err_m2")
+        if err_m2 < 0:
+            raise read.fail("err_m2", "must be >= 0")
         try:
             a_inv = np.linalg.inv(a)
         except np.linalg.LinAlgError:
-            raise ValueError("energy estimator state: singular model") from None
+            raise read.fail("a", "is singular") from None
         self._a, self._b, self._a_inv = a, b, a_inv
         self._fair_phi = fair_phi
         self.shape_windows, self.calibrations, self.forced, self._tests = counts
-        self._fair_power = float(floats[0])
-        self._err_mean, self._err_m2 = float(floats[1]), float(floats[2])
+        self._fair_power = fair_power
+        self._err_mean, self._err_m2 = err_mean, err_m2
+
+
+_STATE_KEYS = frozenset(
+    (
+        *("version", "a", "b", "shape_windows", "fair_phi", "fair_power"),
+        *("calibrations", "forced", "tests", "err_mean", "err_m2"),
+    )
+)
 
 
 def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +298,7 @@ def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
     server keeps estimating instead of calibrating from scratch."""
     calibrations = state.get("calibrations")
     return {
-        **state,
+        **{k: v for k, v in state.items() if k in _STATE_KEYS},
         "version": STATE_VERSION,
         "shape_windows": calibrations,
         "fair_phi": [0.0] * N_FEATURES,
