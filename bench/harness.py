@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from agft.v1 import agent_pb2 as pb
 from bench.arrivals import Arrivals, FixedArrivals
@@ -70,6 +71,7 @@ class PolicyRun:
     requests_arrived: int = 0
     commands_failed: int = 0
     wall_s: float = 0.0
+    final_state: dict[str, Any] = field(default_factory=dict)  # the policy's state() at the end
 
     @property
     def decisions(self) -> int:
@@ -169,6 +171,7 @@ def run_policy(
     run.requests_arrived = int((spec.arrivals.t <= spec.windows * spec.window_s).sum())
     run.calibration_windows = runtime.estimator.forced
     run.estimate_band = runtime.estimator.errors.band
+    run.final_state = runtime.policy.state()
     run.wall_s = time.perf_counter() - wall0
     return run
 

@@ -26,7 +26,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("tpot_p99_s", "TPOT p99 (ms)", "ms"),
     ("slo_attainment", "SLO met", "share"),
     ("clock_switches", "switches", "int"),
-    ("decisions_to_90pct", "decisions to 90 %", "int"),
+    ("cold_start_share", "cold/warm saving after 5 min", "ratio"),
     ("decide_cpu_ms", "CPU/decision (ms)", "cpu"),
     ("requests_completed", "requests done", "int"),
 )
@@ -93,6 +93,11 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
     policies: dict[str, dict[str, Any]] = {}
     for name, summary in result.summaries.items():
         entry = dict(summary)
+        cold = result.cold_starts.get(name)
+        # bench/cold_start.py: the same first minutes, cold against warm.
+        entry["cold_start_share"] = cold.share if cold is not None else None
+        entry["cold_saving_pct"] = cold.cold_saving_pct if cold is not None else None
+        entry["warm_saving_pct"] = cold.warm_saving_pct if cold is not None else None
         if name == "best-static" and result.best_static is not None:
             entry["best_static_clock_mhz"] = result.best_static.clock_mhz
         if name == "oracle" and result.oracle_steps is not None:
@@ -164,6 +169,8 @@ def _cell(value: Any, kind: str) -> str:
         return f"{100 * value:.2f} %"
     if kind == "cpu":
         return f"{value:.3f}"
+    if kind == "ratio":
+        return f"{100 * value:.0f} %"
     return str(value)
 
 

@@ -19,6 +19,7 @@ from bench.arrivals import Arrivals, busiest_rate_rps, load_trace, scaled_arriva
 from bench.best_static import BestStatic
 from bench.best_static import search as search_best_static
 from bench.capacity import Capacity, measure_capacity, scale_to_peak
+from bench.cold_start import ColdStart, cold_start, short_spec
 from bench.grid import clock_grid
 from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
 from bench.metrics import summarise
@@ -87,6 +88,7 @@ class BenchResult:
     best_static: BestStatic | None = None
     oracle_steps: list[OracleStep] | None = None
     plan: PlanResult | None = None
+    cold_starts: dict[str, ColdStart] = field(default_factory=dict)
 
 
 def policy_for(name: str, config: BenchConfig) -> Policy:
@@ -165,6 +167,15 @@ def run_bench(
             if name not in BENCH_ONLY
         }
         runs = {name: future.result() for name, future in named.items()}
+        # Learners (a policy with a state) again over the first minutes, cold and warm.
+        learners = [name for name, run in runs.items() if run.final_state]
+        if learners:
+            short_reference = pool.submit(_short_default_task, tasks).result()
+            colds = {
+                name: pool.submit(_cold_task, tasks, name, runs[name].final_state, short_reference)
+                for name in learners
+            }
+            result.cold_starts = {name: future.result() for name, future in colds.items()}
         if "best-static" in config.policies:
             grid = clock_grid(arms, config.static_step_mhz, config.min_clock_fraction)
 
@@ -214,6 +225,14 @@ def _policy_task(tasks: _Tasks, name: str) -> PolicyRun:
         progress=tasks.progress(name),
         calibrate=True,
     )
+
+
+def _short_default_task(tasks: _Tasks) -> PolicyRun:
+    return run_policy(short_spec(tasks.spec), make_policy("default"))
+
+
+def _cold_task(tasks: _Tasks, name: str, state: dict[str, Any], reference: PolicyRun) -> ColdStart:
+    return cold_start(tasks.spec, lambda: policy_for(name, tasks.config), state, reference, name)
 
 
 def _static_task(tasks: _Tasks, clock: int) -> PolicyRun:
