@@ -157,19 +157,6 @@ def execute(spec: RunSpec, schedule: Schedule, label: str) -> PolicyRun:
     return run_policy(spec, policy, label=label, advisor=advise)
 
 
-def blamed_rows(
-    run: PolicyRun,
-    reference: PolicyRun,
-    lowered: NDArray[np.bool_],
-    failed: tuple[bool, ...],
-    promise: Promise,
-    lookahead: int,
-) -> NDArray[np.bool_]:
-    """Lowered windows that a broken promise can be blamed on (blame_counts > 0)."""
-    out: NDArray[np.bool_] = blame_counts(run, reference, lowered, failed, promise, lookahead) > 0
-    return out
-
-
 def blame_counts(
     run: PolicyRun,
     reference: PolicyRun,
@@ -370,7 +357,8 @@ def search(
                 lo = [max(a, b) for a, b in zip(lo, fill, strict=True)]
             for c, over in enumerate(known.attempt.excess):
                 if over > 0:
-                    hi[c] = fill[c] if hi[c] is None else min(hi[c] or fill[c], fill[c])
+                    high = hi[c]
+                    hi[c] = fill[c] if high is None else min(high, fill[c])
         settled = all(
             (h is not None and h - low < 0.02) or (h is None and low >= _MAX_FILL)
             for low, h in zip(lo, hi, strict=True)

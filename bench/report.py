@@ -134,10 +134,7 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
                 "clock_mhz": p.clock_mhz,
                 "meets_slo": p.meets,
                 "energy_j": p.summary["energy_j"],
-                "energy_saving_pct": p.summary["energy_saving_pct"],
-                "slo_attainment": p.summary["slo_attainment"],
-                "ttft_p90_s": p.summary["ttft_p90_s"],
-                "tpot_p90_s": p.summary["tpot_p90_s"],
+                **_figures(p.summary),
             }
             for p in result.best_static.grid
         ]
@@ -312,6 +309,12 @@ def _over(over: dict[str, float]) -> str:
     return ", ".join(parts) if parts else "-"
 
 
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The whole-run figures a search's tries are judged on."""
+    keys = ("energy_saving_pct", "slo_attainment", "ttft_p90_s", "tpot_p90_s")
+    return {k: summary[k] for k in keys}
+
+
 def _plan_try(t: PlanTry) -> dict[str, Any]:
     return {
         "source": t.source,
@@ -320,10 +323,7 @@ def _plan_try(t: PlanTry) -> dict[str, Any]:
         "windows_repaired": t.repaired,
         "price": t.price,
         "predicted_saving_j": t.predicted_saving_j,
-        "energy_saving_pct": t.summary["energy_saving_pct"],
-        "ttft_p90_s": t.summary["ttft_p90_s"],
-        "tpot_p90_s": t.summary["tpot_p90_s"],
-        "slo_attainment": t.summary["slo_attainment"],
+        **_figures(t.summary),
         # Over each promise: p90s as a share over their cap, attainment in points.
         "over_promise": dict(zip(CONSTRAINTS, t.excess, strict=True)),
         "holds": t.holds,

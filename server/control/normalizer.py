@@ -86,9 +86,7 @@ class Normalizer:
         """Rebuild from to_dict(); malformed input raises ValueError."""
         read = StateReader("normalizer state")
         data = read.mapping(data, "the normalizer", keys={"dim", "clip", "count", "mean", "m2"})
-        dim = read.integer(data.get("dim"), "dim")
-        if dim < 1:
-            raise read.fail("dim", f"must be at least 1, not {dim}")
+        dim = read.size(data.get("dim"), "dim")
         clip = read.positive(data.get("clip"), "clip")
         count = read.array(data.get("count"), "count", (dim,))
         m2 = read.array(data.get("m2"), "m2", (dim,))

@@ -111,9 +111,7 @@ class RidgeArm:
         """Rebuild a model from to_dict(); any malformed field raises ValueError."""
         read = StateReader("ridge state")
         data = read.mapping(data, "the model", keys={"dim", "lam", "n", "a_inv", "b"})
-        dim = read.integer(data.get("dim"), "dim")
-        if dim < 1:
-            raise read.fail("dim", f"must be at least 1, not {dim}")
+        dim = read.size(data.get("dim"), "dim")
         lam = read.positive(data.get("lam"), "lam")
         n = read.count(data.get("n"), "n")
         # The arrays first: their sizes check dim before anything of that size is made.

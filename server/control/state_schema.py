@@ -75,6 +75,13 @@ class StateReader:
             raise self.fail(name, f"must be an integer, not {value!r}")
         return value
 
+    def size(self, value: Any, name: str) -> int:
+        """An integer of at least 1 (a dimension)."""
+        number = self.integer(value, name)
+        if number < 1:
+            raise self.fail(name, f"must be at least 1, not {number}")
+        return number
+
     def count(self, value: Any, name: str) -> int:
         number = self.integer(value, name)
         if number < 0:

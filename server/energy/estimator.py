@@ -266,13 +266,9 @@ class DefaultEnergyEstimator:
         counts = [
             read.count(state[k], k) for k in ("shape_windows", "calibrations", "forced", "tests")
         ]
-        fair_power = read.number(state["fair_power"], "fair_power")
-        if fair_power < 0:
-            raise read.fail("fair_power", "must be >= 0")
+        fair_power = read.bounded(state["fair_power"], "fair_power", 0.0, math.inf)
         err_mean = read.number(state["err_mean"], "err_mean")
-        err_m2 = read.number(state["err_m2"], "err_m2")
-        if err_m2 < 0:
-            raise read.fail("err_m2", "must be >= 0")
+        err_m2 = read.bounded(state["err_m2"], "err_m2", 0.0, math.inf)
         try:
             a_inv = np.linalg.inv(a)
         except np.linalg.LinAlgError:

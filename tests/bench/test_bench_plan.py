@@ -19,7 +19,7 @@ from bench.plan import (
     table_rows,
     thresholds,
 )
-from bench.plan_search import Promise, blamed_rows, broken, excess, schedule_of_run, search
+from bench.plan_search import Promise, blame_counts, broken, excess, schedule_of_run, search
 from bench.samples import Samples
 from server.control.policy import SloTargets
 from server.control.registry import make_policy
@@ -231,14 +231,14 @@ def test_blame_falls_on_the_lowered_windows_a_newly_slow_request_lived_through()
     run = _run([_record(0, 10.2, 10.9, 11.5), _record(1, 20.1, 20.9, 21.5)])
     picks = np.zeros(30, dtype=bool)
     picks[[5, 7, 9, 18, 19]] = True
-    blamed = blamed_rows(run, reference, picks, (True, False, False), promise, lookahead=2)
+    blamed = blame_counts(run, reference, picks, (True, False, False), promise, lookahead=2) > 0
     # Rows 7..9 govern 8 s to 11 s (lookahead 2 before arrival at 10.2 s, up to 10.9 s);
     # only the lowered ones among them are blamed.
     assert np.nonzero(blamed)[0].tolist() == [7, 9]
     # A request that finished at default clocks but not in this run blames every lowered
     # window from two before its arrival to the end, when attainment broke.
     late = _run([*reference.requests, _record(2, 17.5, 17.6, 18.0)])
-    unfinished = blamed_rows(run, late, picks, (False, False, True), promise, lookahead=2)
+    unfinished = blame_counts(run, late, picks, (False, False, True), promise, lookahead=2) > 0
     assert np.nonzero(unfinished)[0].tolist() == [18, 19]
     # A constraint that did not break blames nothing.
-    assert not blamed_rows(run, reference, picks, (False, False, False), promise, 2).any()
+    assert not blame_counts(run, reference, picks, (False, False, False), promise, 2).any()

@@ -389,14 +389,10 @@ class AgftPolicy(Policy):
         size = self.tunables.reference_windows
         rel_itl = RelativeBudget.from_dict(state.get("relative_itl"), size, read, "relative_itl")
         rel_ttft = RelativeBudget.from_dict(state.get("relative_ttft"), size, read, "relative_ttft")
-        tail = read.number(state.get("ttft_tail_ratio"), "ttft_tail_ratio")
-        if tail < 1.0:
-            raise read.fail("ttft_tail_ratio", f"must be at least 1, not {tail:g}")
+        tail = read.bounded(state.get("ttft_tail_ratio"), "ttft_tail_ratio", 1.0, math.inf)
         windows = read.count(state.get("windows"), "windows")
         last_choice = read.optional_integer(state.get("last_choice"), "last_choice")
-        last_waiting = read.number(state.get("last_waiting"), "last_waiting")
-        if last_waiting < 0:
-            raise read.fail("last_waiting", f"must be at least 0, not {last_waiting:g}")
+        last_waiting = read.bounded(state.get("last_waiting"), "last_waiting", 0.0, math.inf)
         dwell = read.count(state.get("dwell"), "dwell")
         last_busy = read.optional_integer(state.get("last_busy_choice"), "last_busy_choice")
         self._power.ridge, self._itl.ridge, self._ttft.ridge = (
