@@ -141,14 +141,18 @@ class DefaultEnergyEstimator:
 
     def level(self) -> float:
         """Measured over shape-predicted power on the fair windows (1.0 before any)."""
-        predicted = float(self._shape() @ self._fair_phi)
+        return self._level(self._shape())
+
+    def _level(self, shape: FloatArray) -> float:
+        predicted = float(shape @ self._fair_phi)
         if self._fair_power <= 0 or predicted <= 0:
             return 1.0
         return self._fair_power / predicted
 
     def predict_power_w(self, phi: FloatArray) -> float:
+        shape = self._shape()  # once: the level is measured against the same weights
         # Power is never below zero; a wild extrapolation must not claim energy from nowhere.
-        return max(self.level() * float(phi @ self._shape()), 0.0)
+        return max(self._level(shape) * float(phi @ shape), 0.0)
 
     def _learn_shape(self, phi: FloatArray, power_w: float) -> None:
         # Sherman-Morrison keeps the inverse current at O(d^2) per window.
