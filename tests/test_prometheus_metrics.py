@@ -60,6 +60,7 @@ async def test_metrics_describe_the_live_fleet(database_url: str) -> None:
             "5 decisions per instance",
         )
         await srv.app.state.writer.flush()
+        top_mhz = {rt.name: rt.arms.supported_mhz[-1] for _, rt in fleet.live.values()}
         async with httpx.AsyncClient(base_url=srv.http_url) as anon:
             assert (await anon.get("/metrics")).status_code == 401
         async with srv.client("viewer") as client:
@@ -78,7 +79,10 @@ async def test_metrics_describe_the_live_fleet(database_url: str) -> None:
     }
     assert all(s.value > 0 for s in energy)
     clocks = {s.labels["instance"]: s.value for s in families["agft_instance_sm_clock_mhz"].samples}
-    assert set(clocks) == {"vllm-0", "vllm-1"} and all(0 < c <= 1410 for c in clocks.values())
+    # Locked at the static clock, or at the top clock in an energy-calibration window (every
+    # 5th pair of windows while the estimator is young: a scrape can land on one).
+    assert set(clocks) == {"vllm-0", "vllm-1"}
+    assert all(0 < c <= 1410 or c == top_mhz[name] for name, c in clocks.items()), clocks
     ratios = [s.value for s in families["agft_slo_attainment_ratio"].samples]
     assert ratios and all(0.0 <= r <= 1.0 for r in ratios)
     decided = sum(s.value for s in families["agft_decisions"].samples if s.name.endswith("_total"))
