@@ -66,7 +66,10 @@ def run_agent(args: argparse.Namespace) -> int:
             sim_node = start_sim_node(args, config.node_id, args.sim_instances, args.seed)
             backend = sim_node.backend
             config = with_instances(
-                config, agent_config_for(sim_node, config.server, config.node_id).instances
+                config,
+                agent_config_for(
+                    sim_node, config.server, config.node_id, args.front_door
+                ).instances,
             )
         elif not checking:
             if not config.instances:

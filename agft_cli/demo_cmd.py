@@ -42,7 +42,9 @@ async def _demo(args: argparse.Namespace) -> None:
         nodes.append(node)
         # Closed by default, the demo too: each simulated node gets its own token.
         _, token = create_node_token(app.state.session_factory, name)
-        config = dataclasses.replace(agent_config_for(node, grpc_address, name), token=token)
+        config = dataclasses.replace(
+            agent_config_for(node, grpc_address, name, args.front_door), token=token
+        )
         agents.append(Agent(config, node.backend))
     agent_tasks = [asyncio.create_task(a.run()) for a in agents]
     _, admin_token = create_api_token(app.state.session_factory, "admin", "demo admin")

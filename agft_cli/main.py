@@ -51,6 +51,14 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
         help="multiply the trace's request rate (per node, split over its instances)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--front-door",
+        choices=("none", "load", "router"),
+        default="none",
+        help="the agent's fast loop on each simulated instance: none (default; the clock "
+        "moves once a window), load (vLLM's GET /load, in-flight count) or router (a "
+        "router's dynamo_frontend_queued_requests, until first token)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

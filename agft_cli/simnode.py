@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from node_agent.config import AgentConfig, InstanceConfig
-from sim.node import SimulatedNode
+from node_agent.serving.front_door import IN_FLIGHT, QUEUED, FrontDoorSpec
+from sim.node import SimInstance, SimulatedNode
 from sim.workload import TraceWorkload, shipped_trace_path
 
 
@@ -28,7 +29,18 @@ def start_sim_node(
     return node
 
 
-def agent_config_for(node: SimulatedNode, server: str, node_id: str) -> AgentConfig:
+def front_door_for(instance: SimInstance, source: str) -> FrontDoorSpec | None:
+    """The simulated instance's front door: none, its GET /load, or its router gauge."""
+    if source == "load":
+        return FrontDoorSpec(IN_FLIGHT, instance.load_url)
+    if source == "router":
+        return FrontDoorSpec(QUEUED, instance.router_metrics_url, "dynamo_frontend_queued_requests")
+    return None
+
+
+def agent_config_for(
+    node: SimulatedNode, server: str, node_id: str, front_door: str = "none"
+) -> AgentConfig:
     return AgentConfig(
         server=server,
         node_id=node_id,
@@ -41,6 +53,7 @@ def agent_config_for(node: SimulatedNode, server: str, node_id: str) -> AgentCon
                 model_name=i.model_name,
                 # Two pools, so pool SLO policies have something to select in the demo.
                 labels=(("pool", "chat" if k % 2 == 0 else "batch"),),
+                front_door=front_door_for(i, front_door),
             )
             for k, i in enumerate(node.instances)
         ),

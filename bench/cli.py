@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.front_door import split_name
 from bench.plan import DEFAULT_ATTAINMENT_SLACK
 from bench.plots import write_plots
 from bench.report import write_results
@@ -154,8 +155,18 @@ def _policies(text: str, static_clock_mhz: int | None) -> tuple[str, ...]:
     if not names:
         raise BenchUsageError("--policies names no policy")
     known = (*POLICY_NAMES, *BENCH_ONLY)
-    # `agft:name=value:...` is agft with tunables overridden (checked when built).
-    unknown = [n for n in names if n not in known and not n.startswith("agft:")]
+    # `agft:name=value:...` is agft with tunables overridden (checked when built);
+    # `NAME+load` / `NAME+router` runs NAME with the agent's fast loop on that front door.
+    unknown = []
+    for n in names:
+        try:
+            base, front_door = split_name(n)
+        except ValueError as err:
+            raise BenchUsageError(str(err)) from None
+        if front_door is not None and base in BENCH_ONLY:
+            raise BenchUsageError(f"{n}: {base} is a yardstick; it has no front door")
+        if base not in known and not base.startswith("agft:"):
+            unknown.append(n)
     if unknown:
         raise BenchUsageError(f"unknown policies {unknown}; known: {', '.join(known)}")
     if "static" in names and static_clock_mhz is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.front_door import FrontDoorSetup
 from bench.harness import PolicyRun, RunSpec, run_policy
 from server.control.policy import Policy
 
@@ -59,14 +60,17 @@ def cold_start(
     trained_state: dict[str, Any],
     reference: PolicyRun,
     label: str,
+    front_door: FrontDoorSetup | None = None,
 ) -> ColdStart:
     """reference: the default run of short_spec(spec)."""
     short = short_spec(spec)
     after = min(AFTER_WINDOWS, short.windows // 2)
     warm_policy = make()
     warm_policy.load_state(trained_state)
-    warm = run_policy(short, warm_policy, label=f"{label} (warm)", calibrate=True)
-    cold = run_policy(short, make(), label=f"{label} (cold)", calibrate=True)
+    warm = run_policy(
+        short, warm_policy, label=f"{label} (warm)", calibrate=True, front_door=front_door
+    )
+    cold = run_policy(short, make(), label=f"{label} (cold)", calibrate=True, front_door=front_door)
     return ColdStart(
         windows=short.windows,
         after=after,

@@ -16,6 +16,7 @@ from typing import Any
 
 from agft.v1 import agent_pb2 as pb
 from bench.arrivals import Arrivals, FixedArrivals
+from bench.front_door import FrontDoorSetup, VirtualFastLoop
 from bench.telemetry import InstanceTelemetry
 from node_agent.clocks import ClockController
 from server.control.policy import ClockArms, Policy
@@ -72,6 +73,10 @@ class PolicyRun:
     commands_failed: int = 0
     wall_s: float = 0.0
     final_state: dict[str, Any] = field(default_factory=dict)  # the policy's state() at the end
+    # The agent's fast loop (runs with a front door): boost seconds, polls, and its CPU.
+    boosted_s: float = 0.0
+    fast_loop_polls: int = 0
+    fast_loop_cpu_ns: int = 0
 
     @property
     def decisions(self) -> int:
@@ -117,7 +122,9 @@ def run_policy(
     advisor: Advisor | None = None,
     progress: Progress | None = None,
     calibrate: bool = False,
+    front_door: FrontDoorSetup | None = None,
 ) -> PolicyRun:
+    """front_door: run the agent's fast loop on that signal (None: no fast loop)."""
     wall0 = time.perf_counter()
     label = label or policy.name
     node = new_node(spec)
@@ -133,15 +140,26 @@ def run_policy(
         arms=arms,
         policy=policy,
         calibrate=calibrate,
+        front_door=front_door.counts if front_door is not None else 0,
     )
     telemetry = InstanceTelemetry(node, inst, clocks)
     telemetry.prime()
     run = PolicyRun(policy=label, window_s=spec.window_s, f_max_mhz=arms.supported_mhz[-1])
+    fast = VirtualFastLoop(node, inst, clocks, front_door) if front_door is not None else None
     t0 = node.now()
     for k in range(1, spec.windows + 1):
-        node.advance_to(t0 + k * spec.window_s)
+        end = t0 + k * spec.window_s
+        if fast is not None:
+            fast.run_until(end)
+        node.advance_to(end)
         clocks.expire_leases()
         window = telemetry.close_window()
+        if fast is not None:
+            reflex = fast.take_window()
+            window.reflex.CopyFrom(reflex)
+            run.boosted_s += reflex.boosted_s
+            run.fast_loop_polls += reflex.polls
+            run.fast_loop_cpu_ns += round(reflex.cpu_s * 1e9)
         cpu0 = time.process_time_ns()
         if advisor is not None:
             advisor(node, k)

@@ -6,11 +6,18 @@ For each trace, peak load and seed, two benchmarks of the same arrivals:
 - the SLO-only promise (no slowdown cap, the attainment promise alone): default, agft
   with max_slowdown=none, rule and oracle-plan without a slowdown cap.
 
+Beside them (`run-front-door`, into each cell's front-door/ folder), agft with the
+agent's fast loop on each front door (bench/front_door.py): `agft+router` (a router's
+queued gauge) and `agft+load` (GET /load), under both promises, on the same arrivals.
+oracle-plan stays the bound of per-window clock schedules: the fast loop moves clocks
+inside windows, so its runs are not plans and do not seed the search.
+
 Then, per trace, one Markdown table and one PNG of saving against load, with agft's share
 of oracle-plan's saving and how many seeds kept each promise.
 
     python -m bench.load_sweep run --trace sim/data/traces/azure_conv_2023.csv.gz \\
         --loads 0.3,0.5,0.7,0.85 --seeds 0,1,2,3 --out docs/bench/load-sweep
+    python -m bench.load_sweep run-front-door --trace ... (the same arguments)
     python -m bench.load_sweep table docs/bench/load-sweep
 """
 
@@ -39,17 +46,31 @@ _POLICIES = {
     "default": ("default", "agft", "rule", "best-static", "oracle-plan"),
     "slo-only": ("default", SLO_ONLY_AGFT, "rule", "oracle-plan"),
 }
+_FRONT_DOOR_POLICIES = {
+    "default": ("default", "agft+router", "agft+load"),
+    "slo-only": ("default", f"{SLO_ONLY_AGFT}+router", f"{SLO_ONLY_AGFT}+load"),
+}
+FRONT_DOOR_DIR = "front-door"
 _SLOWDOWN = {"default": 0.10, "slo-only": math.inf}
 # Columns of the table and lines of the plot, per promise: (label, policy in results.json).
 _SHOWN = {
     "default": (
         ("agft", "agft"),
+        ("agft+router", "agft+router"),
+        ("agft+load", "agft+load"),
         ("rule", "rule"),
         ("best-static", "best-static"),
         ("oracle-plan", "oracle-plan"),
     ),
-    "slo-only": (("agft", SLO_ONLY_AGFT), ("rule", "rule"), ("oracle-plan", "oracle-plan")),
+    "slo-only": (
+        ("agft", SLO_ONLY_AGFT),
+        ("agft+router", f"{SLO_ONLY_AGFT}+router"),
+        ("agft+load", f"{SLO_ONLY_AGFT}+load"),
+        ("rule", "rule"),
+        ("oracle-plan", "oracle-plan"),
+    ),
 }
+_COLUMNS = ("agft", "agft+router", "agft+load", "rule", "best-static", "oracle-plan")
 
 
 def run_cell(
@@ -71,6 +92,22 @@ def run_cell(
         earlier.update({f"{name} ({promise} promise)": run for name, run in result.runs.items()})
 
 
+def run_front_door_cell(
+    trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
+) -> None:
+    """agft with the fast loop, both promises, for one trace, load and seed."""
+    base = BenchConfig(trace=trace, peak_load=load, seed=seed, duration_s=duration_s)
+    quiet = io.StringIO()
+    workload = prepare(base, err=quiet)
+    for promise in PROMISES:
+        config = replace(
+            base, policies=_FRONT_DOOR_POLICIES[promise], oracle_slowdown=_SLOWDOWN[promise]
+        )
+        result = run_bench(config, workload, err=quiet, jobs=jobs)
+        cell = _cell_dir(out, trace.name, load, promise, seed) / FRONT_DOOR_DIR
+        write_results(result, cell, plots=[])
+
+
 def _trace_name(name: str) -> str:
     return name.split(".")[0]
 
@@ -89,6 +126,13 @@ def _read(out: Path) -> dict[str, dict[tuple[float, str], list[dict[str, Any]]]]
         promise = path.parent.parent.name
         if promise not in PROMISES:
             continue
+        extra = path.parent / FRONT_DOOR_DIR / "results.json"
+        if extra.is_file():
+            more = json.loads(extra.read_text(encoding="utf-8"))["policies"]
+            # Same arrivals, same seed: the reference runs must agree to the joule.
+            if more["default"]["energy_j"] != data["policies"]["default"]["energy_j"]:
+                raise ValueError(f"{extra}: its default run differs from {path}'s")
+            data["policies"].update({k: v for k, v in more.items() if k != "default"})
         load = float(data["settings"]["peak_load"])
         cells[data["settings"]["trace_name"]][(load, promise)].append(data)
     return cells
@@ -114,9 +158,10 @@ def table(out: Path) -> dict[str, str]:
             "Mean saving over the seeds (%), and in brackets the seeds that kept every "
             "promise of the row. agft share: agft's saving over oracle-plan's, seed by seed.",
             "",
-            "| peak load | promise | seeds | default SLO met | agft | rule | best-static "
-            "| oracle-plan | agft share of the bound |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| peak load | promise | seeds | default SLO met | "
+            + " | ".join(_COLUMNS)
+            + " | agft share of the bound | agft+router share |",
+            "|---:|---|---:|---:|" + "---:|" * (len(_COLUMNS) + 2),
         ]
         series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         for (load, promise), runs in sorted(cells.items()):
@@ -124,9 +169,9 @@ def table(out: Path) -> dict[str, str]:
             met = [r["policies"]["default"]["slo_attainment"] for r in runs]
             row.append(f"{100 * statistics.fmean(met):.2f} %")
             shown = dict(_SHOWN[promise])
-            for label in ("agft", "rule", "best-static", "oracle-plan"):
+            for label in _COLUMNS:
                 policy = shown.get(label)
-                if policy is None:
+                if policy is None or any(policy not in r["policies"] for r in runs):
                     row.append("-")
                     continue
                 savings = [r["policies"][policy]["energy_saving_pct"] for r in runs]
@@ -135,14 +180,16 @@ def table(out: Path) -> dict[str, str]:
                 row.append(f"{mean:.1f} ({kept}/{len(runs)})" if mean is not None else "-")
                 if mean is not None:
                     series[(promise, label)].append((load, mean))
-            shares = [
-                r["policies"][shown["agft"]]["energy_saving_pct"]
-                / r["policies"]["oracle-plan"]["energy_saving_pct"]
-                for r in runs
-                if r["policies"]["oracle-plan"]["energy_saving_pct"] > 0
-            ]
-            share = _mean(shares)
-            row.append(f"{100 * share:.0f} %" if share is not None else "-")
+            for label in ("agft", "agft+router"):
+                shares = [
+                    r["policies"][shown[label]]["energy_saving_pct"]
+                    / r["policies"]["oracle-plan"]["energy_saving_pct"]
+                    for r in runs
+                    if shown[label] in r["policies"]
+                    and r["policies"]["oracle-plan"]["energy_saving_pct"] > 0
+                ]
+                share = _mean(shares)
+                row.append(f"{100 * share:.0f} %" if share is not None else "-")
             lines.append("| " + " | ".join(row) + " |")
         tables[trace] = "\n".join(lines) + "\n"
         _plot(series, out / f"{_trace_name(trace)}.png", _trace_name(trace))
@@ -180,10 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
     run.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
+    door = sub.add_parser("run-front-door", help="agft with the fast loop, into each cell")
+    door.add_argument("--trace", type=Path, action="append", required=True)
+    door.add_argument("--loads", default="0.3,0.5,0.7,0.85")
+    door.add_argument("--seeds", default="0,1,2,3")
+    door.add_argument("--jobs", type=int, default=2)
+    door.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
+    door.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
     show = sub.add_parser("table", help="tables and PNGs of a finished sweep")
     show.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "run-front-door"):
+        cell = run_cell if args.command == "run" else run_front_door_cell
         loads = [float(x) for x in args.loads.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
         # Seed by seed, so a sweep cut short still covers every trace and load.
@@ -191,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for trace in args.trace:
                 for load in loads:
                     print(f"{trace.name} at {load:g} peak, seed {seed}", file=sys.stderr)
-                    run_cell(trace, load, seed, args.out, args.jobs, args.duration)
+                    cell(trace, load, seed, args.out, args.jobs, args.duration)
         return 0
     tables = table(args.out)
     text = "\n".join(tables[t] for t in sorted(tables))

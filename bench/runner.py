@@ -20,6 +20,7 @@ from bench.best_static import BestStatic
 from bench.best_static import search as search_best_static
 from bench.capacity import Capacity, measure_capacity, scale_to_peak
 from bench.cold_start import ColdStart, cold_start, short_spec
+from bench.front_door import split_name
 from bench.grid import clock_grid
 from bench.harness import PolicyRun, RunSpec, instance_arms, new_node, run_policy
 from bench.metrics import summarise
@@ -92,9 +93,13 @@ class BenchResult:
 
 
 def policy_for(name: str, config: BenchConfig) -> Policy:
-    """A fresh server policy by name (ValueError / ImportError surface to the CLI)."""
+    """A fresh server policy by name, a front-door suffix ignored (ValueError / ImportError
+    surface to the CLI)."""
     return make_policy(
-        name, slo=config.slo, static_clock_mhz=config.static_clock_mhz, seed=config.seed
+        split_name(name)[0],
+        slo=config.slo,
+        static_clock_mhz=config.static_clock_mhz,
+        seed=config.seed,
     )
 
 
@@ -190,8 +195,14 @@ def run_bench(
             runs["best-static"] = best.run if best.run is not None else runs[REFERENCE]
         if "oracle-plan" in config.policies:
             plan_t0 = time.perf_counter()
-            # Every run so far is a schedule of the same arrivals: the plan starts from them.
-            seeds = {**(plan_seeds or {}), **{n: r for n, r in runs.items() if n != REFERENCE}}
+            # Every run so far is a schedule of the same arrivals: the plan starts from them,
+            # but for runs with the fast loop, whose clocks moved inside windows (outside the
+            # per-window schedules the plan is the bound of).
+            seeds = {
+                n: r
+                for n, r in {**(plan_seeds or {}), **runs}.items()
+                if n != REFERENCE and split_name(n.split(" (")[0])[1] is None
+            }
             result.plan = _plan(tasks, arms, runs[REFERENCE], seeds, pool)
             result.plan.wall_s = time.perf_counter() - plan_t0
             runs["oracle-plan"] = result.plan.run
@@ -219,11 +230,14 @@ class _Tasks:
 
 def _policy_task(tasks: _Tasks, name: str) -> PolicyRun:
     # A causal controller runs as the server runs it, calibration windows included.
+    base, front_door = split_name(name)
     return run_policy(
         tasks.spec,
-        policy_for(name, tasks.config),
+        policy_for(base, tasks.config),
+        label=name,
         progress=tasks.progress(name),
         calibrate=True,
+        front_door=front_door,
     )
 
 
@@ -232,7 +246,10 @@ def _short_default_task(tasks: _Tasks) -> PolicyRun:
 
 
 def _cold_task(tasks: _Tasks, name: str, state: dict[str, Any], reference: PolicyRun) -> ColdStart:
-    return cold_start(tasks.spec, lambda: policy_for(name, tasks.config), state, reference, name)
+    base, front_door = split_name(name)
+    return cold_start(
+        tasks.spec, lambda: policy_for(base, tasks.config), state, reference, name, front_door
+    )
 
 
 def _static_task(tasks: _Tasks, clock: int) -> PolicyRun:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -27,6 +28,8 @@ from node_agent.clocks import ClockController
 from node_agent.config import AgentConfig, ConfigError
 from node_agent.gpu.base import GpuBackend, GpuError
 from node_agent.link_security import auth_metadata, open_channel
+from node_agent.reflex import FastLoop
+from node_agent.serving.front_door import reader_for
 from node_agent.serving.scraper import ServingScraper
 from node_agent.window import GpuWindowSampler
 
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Errors after which retrying cannot help: say so and stop instead of hammering the server.
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# A front-door reading slower than this is worth nothing to a loop polling every 20 ms.
+FAST_READ_TIMEOUT_S = 0.25
 
 
 class FatalLinkError(RuntimeError):
@@ -76,6 +81,19 @@ class Agent:
         # Each GPU's monitor-only reason as this session's server last heard it.
         self._reported: dict[int, str] = {}
         self._inventories: dict[int, pb.Gpu] = {}
+        # The fast loop, for the instances with a front door (none: no thread at all).
+        doors = {
+            i.name: (
+                reader_for(i.front_door, min(config.scrape_timeout_s, FAST_READ_TIMEOUT_S)),
+                i.front_door.counts,
+                i.front_door.poll_s,
+            )
+            for i in config.instances
+            if i.front_door is not None
+        }
+        self.fast_loop = FastLoop(self.clocks, doors) if doors else None
+        self._fast_stop = threading.Event()
+        self._fast_thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -84,6 +102,12 @@ class Agent:
         Raises FatalLinkError when the server refuses us for good, and SafetyLoopError
         when lease enforcement fails (after resetting every managed GPU)."""
         await asyncio.to_thread(self.clocks.start)
+        if self.fast_loop is not None:
+            self._fast_stop.clear()
+            self._fast_thread = threading.Thread(
+                target=self.fast_loop.run, args=(self._fast_stop,), name="agft-fast-loop"
+            )
+            self._fast_thread.start()
         lease_task = asyncio.create_task(self._enforce_leases(), name="agft-leases")
         link_task = asyncio.create_task(self._run_link(), name="agft-link")
         why = "agent stopping"
@@ -101,6 +125,9 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._fast_stop.set()
+            if self._fast_thread is not None:
+                await asyncio.to_thread(self._fast_thread.join, 5.0)
             await asyncio.to_thread(self.clocks.reset_all, why)
 
     async def _run_link(self) -> None:
@@ -113,6 +140,11 @@ class Agent:
     async def _enforce_leases(self) -> None:
         while True:
             await asyncio.to_thread(self.clocks.expire_leases)
+            thread = self._fast_thread
+            if thread is not None and not thread.is_alive() and not self._fast_stop.is_set():
+                # Its steps cannot raise out of it, so this is a bug; a boost it left in
+                # force would carry into every later command: stop, like a failed lease loop.
+                raise RuntimeError("the fast loop's thread ended")
             await asyncio.sleep(self.config.lease_check_s)
 
     async def _link_loop(self, http: httpx.AsyncClient) -> None:
@@ -244,6 +276,7 @@ class Agent:
             telemetry = pb.Telemetry()
             for inst, serving_window in zip(self.config.instances, serving, strict=True):
                 lease = self.clocks.leases.get(inst.name)
+                reflex = self.fast_loop.take_window(inst.name) if self.fast_loop else None
                 telemetry.windows.append(
                     pb.InstanceWindow(
                         instance=inst.name,
@@ -252,6 +285,7 @@ class Agent:
                         gpus=[gpu_windows[g] for g in inst.gpu_indices],
                         serving=serving_window,
                         command_id="" if lease is None else lease.command_id,
+                        reflex=reflex,
                     )
                 )
             send(telemetry=telemetry)
@@ -372,6 +406,7 @@ class Agent:
                     model_name=i.model_name,
                     gpu_indices=i.gpu_indices,
                     labels=dict(i.labels),
+                    front_door=i.front_door.to_wire() if i.front_door else None,
                 )
                 for i in self.config.instances
             ],

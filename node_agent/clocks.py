@@ -13,6 +13,11 @@ Commands and lease expiry run in different worker threads. One re-entrant lock
 covers each whole operation (the NVML writes and the lease bookkeeping together), so
 an expiry can never reset a group between a command's lock and its lease grant, and
 no lock outlives the lease that covers it.
+
+The fast loop (node_agent/reflex.py) moves a lease's ceiling between the command's clock
+and the boost the command allows, through `boost`. It acts only inside a lease that
+carries a Reflex: never below what the command set, never without a lease, so a lease
+running out still resets the group to default.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from node_agent.gpu.base import (
 from node_agent.lease import Lease, LeaseTable
 
 log = logging.getLogger(__name__)
+
+# The longest a rise of an in-flight count may hold the boost: longer than any first token
+# worth waiting for, short enough that a bad value cannot pin a GPU high for long.
+MAX_HOLD_S = 10.0
 
 
 class _Refused(Exception):
@@ -61,6 +70,11 @@ class ClockController:
         self._supported_sm: dict[int, frozenset[int]] = {}
         self._supported_memory: dict[int, frozenset[int]] = {}
         self.leases = LeaseTable()
+        # Instances whose lock the fast loop holds at the boost ceiling now, and the
+        # boost time and count since the last window.
+        self._boosted: dict[str, float] = {}  # instance -> monotonic time it was boosted
+        self._boosted_s: dict[str, float] = {}
+        self._boosts: dict[str, int] = {}
 
     # ---- controllability -------------------------------------------------------------
     def start(self) -> dict[int, str]:
@@ -68,7 +82,7 @@ class ClockController:
         monitor-only; that reset is the permission probe. Returns the monitor-only ones."""
         with self._mutex:
             for instance in self._instance_gpus:
-                self.leases.release(instance)
+                self._release(instance)
             for index in self._gpus:
                 reason = monitor_only_reason(self._backend, index)
                 self._reset_memory(index)
@@ -91,7 +105,7 @@ class ClockController:
             self._monitor_only[index] = reason
             log.warning("GPU %d is monitor-only from now on: %s", index, reason)
             for instance, gpus in self._instance_gpus.items():
-                if index in gpus and self.leases.release(instance) is not None:
+                if index in gpus and self._release(instance) is not None:
                     # Best effort: the group must not keep a lock no lease covers.
                     for error in self._reset(gpus):
                         log.debug(
@@ -107,7 +121,7 @@ class ClockController:
         keep the others locked."""
         with self._mutex:
             for instance in self._instance_gpus:
-                self.leases.release(instance)
+                self._release(instance)
             for index in self._gpus:
                 try:
                     errors = self._reset((index,))
@@ -142,7 +156,7 @@ class ClockController:
             gpus = self._instance_gpus.get(cmd.instance)
             if gpus is None:
                 return self._fail(cmd, f"unknown instance {cmd.instance!r}")
-            self.leases.release(cmd.instance)
+            self._release(cmd.instance)
             errors = self._reset(gpus)
             if errors:
                 return self._fail(cmd, "; ".join(errors))
@@ -153,6 +167,7 @@ class ClockController:
         with self._mutex:
             expired = self.leases.expired(self._monotonic())
             for lease in expired:
+                self._end_boost(lease.instance)
                 log.warning(
                     "lease of %s at %d MHz expired unrenewed: resetting GPUs %s to default",
                     lease.instance,
@@ -163,7 +178,65 @@ class ClockController:
                     log.error("cannot reset after lease expiry: %s", error)
             return expired
 
+    # ---- the fast loop ------------------------------------------------------------------
+    def boost(self, instance: str, on: bool) -> bool:
+        """Raise the lease's ceiling to its boost (on) or lower it back to the command's
+        clock (off). Does nothing without a lease that allows a boost. Returns whether the
+        group is boosted afterwards. A GPU refusing resets the whole group, as a refused
+        command does."""
+        with self._mutex:
+            lease = self.leases.get(instance)
+            if lease is None or lease.boost_mhz is None:
+                self._end_boost(instance)
+                return False
+            if on == (instance in self._boosted):
+                return on
+            hi = lease.boost_mhz if on else lease.max_mhz
+            for index in lease.gpu_indices:
+                try:
+                    self._backend.set_locked_sm_clocks_mhz(index, lease.min_mhz, hi)
+                except GpuError as err:
+                    log.warning("fast loop: GPU %d refused %d MHz: %s", index, hi, err)
+                    self._reset(lease.gpu_indices)
+                    self._release(instance)
+                    lost = reason_for_error(err)
+                    if lost is not None:
+                        self.mark_monitor_only(index, lost)
+                    return False
+            if on:
+                self._boosted[instance] = self._monotonic()
+                self._boosts[instance] = self._boosts.get(instance, 0) + 1
+            else:
+                self._end_boost(instance)
+            return on
+
+    def boosted(self, instance: str) -> bool:
+        with self._mutex:
+            return instance in self._boosted
+
+    def take_boost_window(self, instance: str) -> tuple[float, int]:
+        """Seconds boosted and boosts since the last call (a boost in progress counts up
+        to now and goes on counting from now)."""
+        with self._mutex:
+            seconds = self._boosted_s.pop(instance, 0.0)
+            since = self._boosted.get(instance)
+            if since is not None:
+                now = self._monotonic()
+                seconds += now - since
+                self._boosted[instance] = now
+            return seconds, self._boosts.pop(instance, 0)
+
     # ---- internals (callers hold the mutex) -------------------------------------------
+    def _release(self, instance: str) -> Lease | None:
+        self._end_boost(instance)
+        return self.leases.release(instance)
+
+    def _end_boost(self, instance: str) -> None:
+        since = self._boosted.pop(instance, None)
+        if since is not None:
+            elapsed = self._monotonic() - since
+            self._boosted_s[instance] = self._boosted_s.get(instance, 0.0) + elapsed
+
     def _check(self, cmd: pb.SetClocks, gpus: tuple[int, ...]) -> None:
         """Refuse anything outside what this agent and these GPUs accept."""
         lease_s = cmd.lease_s
@@ -172,10 +245,18 @@ class ClockController:
         lo, hi = cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz
         if lo > hi:
             raise _Refused(f"min SM clock {lo} MHz above max {hi} MHz")
+        clocks = [("min", lo), ("max", hi)]
+        if cmd.HasField("reflex"):
+            boost, hold_s = cmd.reflex.boost_sm_clock_mhz, cmd.reflex.hold_s
+            if boost < hi:
+                raise _Refused(f"reflex boost {boost} MHz below the max SM clock {hi} MHz")
+            if not (math.isfinite(hold_s) and 0 <= hold_s <= MAX_HOLD_S):
+                raise _Refused(f"reflex hold_s {hold_s!r} outside [0, {MAX_HOLD_S:g}] s")
+            clocks.append(("reflex boost", boost))
         memory = cmd.memory_clock_mhz if cmd.HasField("memory_clock_mhz") else None
         for index in gpus:
             sm, mem = self._supported(index)
-            for name, mhz in (("min", lo), ("max", hi)):
+            for name, mhz in clocks:
                 if mhz not in sm:
                     raise _Refused(f"{name} SM clock {mhz} MHz is not supported by GPU {index}")
             if memory is not None and memory not in mem:
@@ -194,11 +275,16 @@ class ClockController:
 
     def _apply(self, cmd: pb.SetClocks, gpus: tuple[int, ...]) -> pb.CommandAck:
         memory = cmd.memory_clock_mhz if cmd.HasField("memory_clock_mhz") else None
+        reflex = cmd.reflex if cmd.HasField("reflex") else None
+        # A boost in progress carries over into a command that allows one: prompts still
+        # waiting must not drop to the base clock until the fast loop's next reading.
+        keep_boost = reflex is not None and cmd.instance in self._boosted
+        hi = reflex.boost_sm_clock_mhz if keep_boost and reflex else cmd.max_sm_clock_mhz
+        if not keep_boost:
+            self._end_boost(cmd.instance)
         for index in gpus:
             try:
-                self._backend.set_locked_sm_clocks_mhz(
-                    index, cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz
-                )
+                self._backend.set_locked_sm_clocks_mhz(index, cmd.min_sm_clock_mhz, hi)
             except GpuError as err:
                 return self._refused_by_gpu(cmd, gpus, index, err, reason_for_error(err))
             if memory is not None:
@@ -216,6 +302,8 @@ class ClockController:
             cmd.lease_s,
             self._monotonic(),
             cmd.command_id,
+            boost_mhz=reflex.boost_sm_clock_mhz if reflex is not None else None,
+            hold_s=reflex.hold_s if reflex is not None else 0.0,
         )
         return self._ack(cmd.command_id, cmd.instance, gpus)
 
@@ -231,7 +319,7 @@ class ClockController:
         (new or from an earlier lease) that no lease covers. A refusal that will not
         change by retrying (permission, support, a lost GPU) takes the GPU out of control."""
         self._reset(gpus)
-        self.leases.release(cmd.instance)
+        self._release(cmd.instance)
         what = f"{type(err).__name__}: {err}"
         if lost is None:
             return self._fail(cmd, f"GPU {index}: {what}")

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from agft.engines import ENGINE_NAMES
 from agft.labels import MAX_LABELS, label_problem
+from node_agent.serving.front_door import COUNT_NAMES, DEFAULT_POLL_S, IN_FLIGHT, FrontDoorSpec
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,9 @@ class InstanceConfig:
     match_labels: tuple[tuple[str, str], ...] = ()
     # What SLO policies select pools by (pool, region, ...), sent to the server in Hello.
     labels: tuple[tuple[str, str], ...] = ()
+    # Where prompts show before the engine schedules them (the fast loop's input); None:
+    # nowhere, and the instance's clock moves once a window only.
+    front_door: FrontDoorSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,12 @@ INSTANCE_KEYS = (
     "model_name",
     "match_labels",
     "labels",
+    "front_door",
 )
+FRONT_DOOR_KEYS = ("load_url", "router_url", "metric", "counts", "match_labels", "poll_s")
+# The fast loop reads every few tens of ms; outside this it is either a busy loop or too
+# slow to catch a prompt before its first token.
+MIN_POLL_S, MAX_POLL_S = 0.005, 1.0
 REQUIRED_INSTANCE_KEYS = ("name", "metrics_url", "gpu_indices")
 # What --instance SPEC calls a key -> the file's name for it, for a hint on a mix-up.
 _SPEC_NAMES = {"url": "metrics_url", "gpus": "gpu_indices", "model": "model_name"}
@@ -276,6 +285,7 @@ def _instance_from_table(raw: object, where: _Instances) -> InstanceConfig:
     for key in ("name", "metrics_url", "engine", "model_name"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{where.at(key)}: expected a string, got {_show(raw[key])}")
+    front_door = raw.get("front_door")
     return InstanceConfig(
         name=raw["name"],
         metrics_url=raw["metrics_url"],
@@ -284,7 +294,81 @@ def _instance_from_table(raw: object, where: _Instances) -> InstanceConfig:
         model_name=raw.get("model_name", ""),
         match_labels=tuple(sorted(match_labels.items())),
         labels=tuple(sorted(labels.items())),
+        front_door=None if front_door is None else _front_door(front_door, where),
     )
+
+
+def _front_door(raw: object, where: _Instances) -> FrontDoorSpec:
+    """`front_door = { load_url = ... }` or `{ router_url = ..., metric = ..., counts = ...}`."""
+    at = "front_door"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f'{where.at(at)}: expected a table, e.g. {{ load_url = "http://127.0.0.1:8000/load" }}'
+            f", got {_show(raw)}"
+        )
+    for key in raw:
+        if key not in FRONT_DOOR_KEYS:
+            raise ConfigError(
+                f"{where.at(at + '.' + key)}: unknown key{_hint(key, FRONT_DOOR_KEYS)}; "
+                f"a front door has {', '.join(FRONT_DOOR_KEYS)}"
+            )
+    for key in ("load_url", "router_url", "metric", "counts"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(
+                f"{where.at(at + '.' + key)}: expected a string, got {_show(raw[key])}"
+            )
+    poll_s = DEFAULT_POLL_S
+    if "poll_s" in raw:
+        poll_s = _duration(raw["poll_s"], where.at(at + ".poll_s"))
+        if not MIN_POLL_S <= poll_s <= MAX_POLL_S:
+            raise ConfigError(
+                f"{where.at(at + '.poll_s')}: must lie in [{MIN_POLL_S:g}, {MAX_POLL_S:g}] s, "
+                f"got {_show(raw['poll_s'])}"
+            )
+    labels_at = at + ".match_labels"
+    match = _label_table({labels_at: raw.get("match_labels", {})}, labels_at, where)
+    if ("load_url" in raw) == ("router_url" in raw):
+        raise ConfigError(
+            f"{where.at(at)}: give load_url (vLLM's GET /load) or router_url (a router's "
+            "/metrics with metric and counts), one of them"
+        )
+    if "load_url" in raw:
+        for key in ("metric", "counts", "match_labels"):
+            if key in raw:
+                raise ConfigError(
+                    f"{where.at(at + '.' + key)}: only for router_url; GET /load has one count"
+                )
+        url = raw["load_url"]
+        _check_url(url, where.at(at + ".load_url"))
+        return FrontDoorSpec(IN_FLIGHT, url, poll_s=poll_s)
+    url = raw["router_url"]
+    _check_url(url, where.at(at + ".router_url"))
+    metric = raw.get("metric", "")
+    if not metric:
+        raise ConfigError(
+            f"{where.at(at + '.metric')}: missing; the router's gauge, e.g. "
+            '"dynamo_frontend_queued_requests"'
+        )
+    counts = raw.get("counts")
+    if counts not in COUNT_NAMES:
+        raise ConfigError(
+            f"{where.at(at + '.counts')}: expected {' or '.join(map(repr, COUNT_NAMES))} (what "
+            f"the gauge counts: requests until their first token, or until done), got "
+            f"{_show(counts)}"
+        )
+    return FrontDoorSpec(COUNT_NAMES[counts], url, metric, dict(sorted(match.items())), poll_s)
+
+
+def _check_url(url: str, where: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where}: expected an http:// or https:// URL with a host, got {_show(url)}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}: {_show(url)}") from None
 
 
 def _label_table(raw: dict[str, object], key: str, where: _Instances) -> dict[str, str]:

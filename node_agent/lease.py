@@ -23,6 +23,9 @@ class Lease:
     max_mhz: int
     expires_at: float  # monotonic seconds
     command_id: str = ""
+    # The ceiling the fast loop may raise the lock to while prompts wait (None: none).
+    boost_mhz: int | None = None
+    hold_s: float = 0.0
 
 
 class LeaseTable:
@@ -39,8 +42,12 @@ class LeaseTable:
         lease_s: float,
         now: float,
         command_id: str = "",
+        boost_mhz: int | None = None,
+        hold_s: float = 0.0,
     ) -> Lease:
-        lease = Lease(instance, gpu_indices, min_mhz, max_mhz, now + lease_s, command_id)
+        lease = Lease(
+            instance, gpu_indices, min_mhz, max_mhz, now + lease_s, command_id, boost_mhz, hold_s
+        )
         with self._lock:
             self._leases[instance] = lease
         return lease

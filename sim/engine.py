@@ -37,6 +37,33 @@ from sim.workload import ArrivalStream
 __all__ = ["Engine", "EngineConfig", "RequestRecord"]
 
 _WAITING, _PREFILL, _DECODE, _DONE = 0, 1, 2, 3
+# Event times kept for a router's view a hop behind: far more than happen within any hop
+# delay (a few ms).
+_RECENT_EVENTS = 4096
+
+
+class EventCount:
+    """A count of events with the times of the latest ones, to count them as of a moment
+    shortly before now."""
+
+    __slots__ = ("recent", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.recent: deque[float] = deque(maxlen=_RECENT_EVENTS)
+
+    def add(self, t: float) -> None:
+        self.total += 1
+        self.recent.append(t)
+
+    def through(self, t: float) -> int:
+        """Events at or before t (t within the span of the recent times kept)."""
+        later = 0
+        for at in reversed(self.recent):
+            if at <= t:
+                break
+            later += 1
+        return self.total - later
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +202,10 @@ class Engine:
         self.busy_s = 0.0
         self.clock_time_integral = 0.0  # sum of effective clock x step time (MHz s)
         self.capped_s = 0.0  # step time spent power-capped
+        # First tokens and finished responses so far, with their latest times: what a front
+        # door (the API server, a router a hop upstream) counts requests by.
+        self.first_tokens = EventCount()
+        self.responses_done = EventCount()
 
     # ---- driving ------------------------------------------------------------------------
     def advance_to(self, t: float) -> None:
@@ -366,6 +397,7 @@ class Engine:
             self.prefilling.remove(r)
             if r.first_token < 0:
                 r.first_token = t
+                self.first_tokens.add(t)
                 m.ttft.observe(t - r.arrival)
                 m.prompt_tokens += r.prompt
             else:
@@ -399,6 +431,7 @@ class Engine:
         r.epoch += 1
         del self.running[r.rid]
         m.success_stop += 1
+        self.responses_done.add(t)
         m.e2e.observe(t - r.arrival)
         m.queue_time.observe(r.first_sched - r.arrival)
         m.inference_time.observe(t - r.first_sched)
@@ -422,6 +455,20 @@ class Engine:
                 finished_reason="stop",
             )
         )
+
+    # ---- the front door ---------------------------------------------------------------------
+    def arrived_through(self, t: float) -> int:
+        """Requests that reached the API server by time t, including those the scheduler
+        has not taken in yet (it does so only between steps)."""
+        return self._next_rid + self.stream.pending_through(t - self.t0)
+
+    def first_tokens_through(self, t: float) -> int:
+        """Requests whose first token was out by time t (a rejected one counts at once)."""
+        return self.first_tokens.through(t) + self.metrics.success_abort
+
+    def done_through(self, t: float) -> int:
+        """Requests whose response was done by time t: finished, or rejected at admission."""
+        return self.responses_done.through(t) + self.metrics.success_abort
 
     # ---- views ----------------------------------------------------------------------------
     @property

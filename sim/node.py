@@ -7,12 +7,14 @@ background and every reading is consistent with every other.
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Literal
 
 from sim.backend import SimulatedGpuBackend
 from sim.clock import Clock, RealtimeClock, VirtualClock
 from sim.engine import Engine, EngineConfig, RequestRecord
+from sim.frontdoor import FrontDoor, FrontDoorCounts, render_router_metrics
 from sim.gpu import GpuGroup, SimGpu
 from sim.http import MetricsServer
 from sim.kvcache import KvCache, kv_capacity_blocks
@@ -44,6 +46,7 @@ class SimInstance:
         self.legacy_metric_names = legacy_metric_names
         self._metrics_available = True
         self._server: MetricsServer | None = None
+        self.front_door = FrontDoor(engine)
 
     @property
     def metrics_url(self) -> str:
@@ -51,6 +54,38 @@ class SimInstance:
         if self._server is None:
             raise RuntimeError(f"{self.name}: no HTTP server; call node.start() first")
         return self._server.url
+
+    @property
+    def load_url(self) -> str:
+        """GET /load, as vLLM's API server answers it with --enable-server-load-tracking."""
+        return self._url_of("/load")
+
+    @property
+    def router_metrics_url(self) -> str:
+        """A router's gauges (Dynamo frontend names) for this instance alone."""
+        return self._url_of("/router/metrics")
+
+    def _url_of(self, path: str) -> str:
+        if self._server is None:
+            raise RuntimeError(f"{self.name}: no HTTP server; call node.start() first")
+        return self._server.url_of(path)
+
+    def api_server_counts(self) -> FrontDoorCounts:
+        """The API server's counts as of the node's clock now."""
+        with self._node.lock:
+            return self.front_door.api_server(self._node.sync())
+
+    def router_counts(self) -> FrontDoorCounts:
+        with self._node.lock:
+            return self.front_door.router(self._node.sync())
+
+    def _render_load(self) -> tuple[bytes, str]:
+        body = {"server_load": self.api_server_counts().in_flight}
+        return json.dumps(body).encode(), "application/json"
+
+    def _render_router(self) -> tuple[bytes, str]:
+        text = render_router_metrics(self.model_name, self.router_counts())
+        return text.encode(), "text/plain; version=0.0.4; charset=utf-8"
 
     @property
     def port(self) -> int:
@@ -80,7 +115,11 @@ class SimInstance:
 
     def _start_server(self) -> None:
         if self._server is None:
-            self._server = MetricsServer(self.render_metrics, lambda: self._metrics_available)
+            self._server = MetricsServer(
+                self.render_metrics,
+                lambda: self._metrics_available,
+                routes={"/load": self._render_load, "/router/metrics": self._render_router},
+            )
             self._server.start()
 
     def _stop_server(self) -> None:

@@ -9,6 +9,7 @@ Streams are lazy (generated in chunks), seeded, and may be infinite.
 from __future__ import annotations
 
 import abc
+import bisect
 import calendar
 import csv
 import gzip
@@ -125,7 +126,7 @@ class ArrivalStream:
     engine reads it directly on its hot path.
     """
 
-    __slots__ = ("_i", "_o", "_p", "_refill", "_t", "next_t")
+    __slots__ = ("_ended", "_i", "_o", "_p", "_refill", "_t", "next_t")
 
     def __init__(self, refill: Callable[[], Chunk | None]) -> None:
         self._refill = refill
@@ -133,12 +134,38 @@ class ArrivalStream:
         self._p: list[int] = []
         self._o: list[int] = []
         self._i = 0
+        self._ended = False
         self.next_t = math.inf
         self._load()
 
+    def _next_chunk(self) -> Chunk | None:
+        # A refill that said "no more" is not asked again.
+        if self._ended:
+            return None
+        chunk = self._refill()
+        if chunk is None:
+            self._ended = True
+        return chunk
+
+    def pending_through(self, t: float) -> int:
+        """Arrivals not popped yet whose time is at most t: requests a front door (the API
+        server, a router) already holds while the engine has not scheduled since. Reads
+        chunks ahead as needed; what pop() returns does not change."""
+        while self._t and self._t[-1] <= t:
+            chunk = self._next_chunk()
+            if chunk is None:
+                break
+            if chunk[0]:
+                i = self._i
+                self._t = self._t[i:] + chunk[0]
+                self._p = self._p[i:] + chunk[1]
+                self._o = self._o[i:] + chunk[2]
+                self._i = 0
+        return bisect.bisect_right(self._t, t, lo=self._i) - self._i
+
     def _load(self) -> None:
         while True:
-            chunk = self._refill()
+            chunk = self._next_chunk()
             if chunk is None:
                 self._t, self._p, self._o, self._i = [], [], [], 0
                 self.next_t = math.inf

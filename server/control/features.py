@@ -25,4 +25,6 @@ def window_features(obs: Observation) -> dict[str, float]:
     energy = obs.energy_j
     if energy is not None:
         feats["power_w"] = energy / max(obs.duration_s, 1e-9)
+    if obs.boosted_s is not None:
+        feats["boost_share"] = min(1.0, obs.boosted_s / max(obs.duration_s, 1e-9))
     return feats

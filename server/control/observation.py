@@ -99,6 +99,8 @@ class Observation:
     # estimate (server/energy), not because the controller chose them: a controller
     # resumes from its own last choice rather than from the max clock.
     calibration: bool = False
+    # Seconds of the window the agent's fast loop held its boost (None: no fast loop).
+    boosted_s: float | None = None
 
     @property
     def duration_s(self) -> float:

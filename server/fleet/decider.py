@@ -115,6 +115,8 @@ def decide_window(
         command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
     runtime.decisions += 1
     _remember(runtime, obs, decision, now)
+    if obs.serving is not None and obs.serving.ttft_s is not None:
+        runtime.reflex.observe(obs.serving.ttft_s.mean())
     serving = obs.serving
     row = {
         "instance_id": runtime.instance_id,
@@ -253,6 +255,15 @@ def lock_range(arms: ClockArms, clock: int) -> tuple[int, int]:
     return floor, clock
 
 
+def _reflex(runtime: InstanceRuntime, clock: int) -> pb.Reflex | None:
+    """The fast loop's bounds under a lock at clock: boost to the top clock while prompts
+    wait. None without a front door, or when the lock already is the top clock."""
+    top = runtime.arms.supported_mhz[-1] if runtime.arms.supported_mhz else clock
+    if not runtime.front_door or top <= clock:
+        return None
+    return pb.Reflex(boost_sm_clock_mhz=top, hold_s=runtime.reflex.hold_s())
+
+
 def _command_for(
     runtime: InstanceRuntime,
     decision: ClockDecision,
@@ -290,6 +301,7 @@ def _command_for(
                 lease_s=lease_s,
                 expires_at_s=expires,
                 reason=decision.reason,
+                reflex=_reflex(runtime, clock),
             )
         )
         row.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -14,6 +15,40 @@ from server.energy.estimator import DefaultEnergyEstimator
 from server.slo.spec import SloSpec
 
 MODES = ("auto", "observe", "pinned", "off")
+
+
+@dataclass(slots=True)
+class ReflexPlan:
+    """What the server lets the agent's fast loop do, learnt from the windows.
+
+    The boost is the top clock: the one default clocks run prompts at. The hold (for
+    in-flight counts, which cannot tell a first token) follows the time prompts take to
+    their first token, as the windows' TTFT histograms measure it with the reflex at work.
+    """
+
+    ttft_mean_s: float | None = None
+    windows: int = 0
+
+    def observe(self, ttft_mean_s: float | None) -> None:
+        if ttft_mean_s is None or not math.isfinite(ttft_mean_s) or ttft_mean_s < 0:
+            return
+        self.windows += 1
+        # A 30-window memory: long enough to ride out one window's few requests.
+        alpha = max(1.0 / self.windows, 1.0 / 30)
+        prior = self.ttft_mean_s if self.ttft_mean_s is not None else ttft_mean_s
+        self.ttft_mean_s = prior + alpha * (ttft_mean_s - prior)
+
+    def hold_s(self) -> float:
+        """Twice the mean time to first token covers most of its spread, within bounds."""
+        if self.ttft_mean_s is None:
+            return REFLEX_HOLD_DEFAULT_S
+        return min(REFLEX_HOLD_MAX_S, max(REFLEX_HOLD_MIN_S, 2.0 * self.ttft_mean_s))
+
+
+# Before any window measured TTFT: a typical first-token time under light load.
+REFLEX_HOLD_DEFAULT_S = 0.2
+REFLEX_HOLD_MIN_S = 0.02
+REFLEX_HOLD_MAX_S = 2.0
 
 
 @dataclass(slots=True)
@@ -51,6 +86,10 @@ class InstanceRuntime:
     calibrate: bool = False
     calibration_sent: bool = False  # the window now running was held at default for it
     calibration_run: int = 0  # windows held in a row so far (CALIBRATION_WINDOWS at most)
+    # The instance's front door as Hello reported it (pb.FrontDoorCount; 0: none). With
+    # one, every lock carries a Reflex for the agent's fast loop.
+    front_door: int = 0
+    reflex: ReflexPlan = field(default_factory=ReflexPlan)
 
     @property
     def monitor_only_reason(self) -> str:

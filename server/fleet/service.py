@@ -201,6 +201,7 @@ class FleetService:
                 pinned_mhz=row.pinned_sm_clock_mhz,
                 spec=spec,
                 calibrate=True,  # the saving it reports rests on calibration windows
+                front_door=inst.front_door.counts if inst.HasField("front_door") else 0,
             )
         await self._restore_states(list(instances.values()), estimators=True)
         session = AgentSession(hello.node_id, registered.node_pk, instances)

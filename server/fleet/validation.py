@@ -225,13 +225,32 @@ def observation(w: pb.InstanceWindow, gpu_indices: Sequence[int]) -> Observation
         seen.add(g.index)
         gpus.append(gpu_sample(g, gpu_indices, end - start))
     serving = serving_sample(w.serving) if w.HasField("serving") else None
+    in_force = clock_in_force(gpus)
+    boosted_s = None
+    if w.HasField("reflex"):
+        reflex_sample(w.reflex, end - start)
+        boosted_s = w.reflex.boosted_s
+        if in_force is not None and w.reflex.base_sm_clock_mhz:
+            # The GPUs' lock may read the fast loop's boost at the window's end; the clock
+            # the command set is what the controller chose and learns about.
+            in_force = min(in_force, w.reflex.base_sm_clock_mhz)
     return Observation(
         window_start_s=start,
         window_end_s=end,
         gpus=tuple(gpus),
         serving=serving,
-        clock_in_force_mhz=clock_in_force(gpus),
+        clock_in_force_mhz=in_force,
+        boosted_s=boosted_s,
     )
+
+
+def reflex_sample(r: pb.ReflexWindow, duration_s: float) -> None:
+    """A ReflexWindow's figures must be possible for a window of duration_s (the agent
+    takes its boost time a moment after it closes the window: a second of slack)."""
+    _finite_nonneg("reflex.boosted_s", r.boosted_s, duration_s + 1.0)
+    _finite_nonneg("reflex.cpu_s", r.cpu_s, duration_s + 1.0)
+    if r.polls_failed > r.polls:
+        raise _bad("reflex.polls_failed", r.polls_failed, f"more than polls={r.polls}")
 
 
 def check_hello(hello: pb.Hello) -> None:
@@ -296,6 +315,13 @@ def check_hello(hello: pb.Hello) -> None:
             raise InvalidMessageError(
                 "invalid_hello", f"instance {inst.name} names unknown GPUs {missing}"
             )
+        if inst.HasField("front_door"):
+            door = inst.front_door
+            if door.counts not in (pb.FRONT_DOOR_COUNT_IN_FLIGHT, pb.FRONT_DOOR_COUNT_QUEUED):
+                raise _bad(f"{prefix}.front_door.counts", door.counts, "unknown count")
+            text(f"{prefix}.front_door.url", door.url, MAX_URL, required=True)
+            text(f"{prefix}.front_door.metric", door.metric, MAX_NAME)
+            _finite_nonneg(f"{prefix}.front_door.poll_s", door.poll_s, MAX_WINDOW_S)
 
 
 def ack_row(ack: pb.CommandAck) -> dict[str, Any]:

@@ -46,6 +46,32 @@ ENGINE_VLLM: Engine.ValueType  # 1
 ENGINE_SGLANG: Engine.ValueType  # 2
 Global___Engine: _TypeAlias = Engine  # noqa: Y015
 
+class _FrontDoorCount:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FrontDoorCountEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FrontDoorCount.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FRONT_DOOR_COUNT_UNSPECIFIED: _FrontDoorCount.ValueType  # 0
+    FRONT_DOOR_COUNT_IN_FLIGHT: _FrontDoorCount.ValueType  # 1
+    """Requests from arrival until their response is done: vLLM's GET /load (server_load,
+    with --enable-server-load-tracking), dynamo_frontend_inflight_requests.
+    """
+    FRONT_DOOR_COUNT_QUEUED: _FrontDoorCount.ValueType  # 2
+    """Requests from arrival until their first token: dynamo_frontend_queued_requests."""
+
+class FrontDoorCount(_FrontDoorCount, metaclass=_FrontDoorCountEnumTypeWrapper):
+    """What a front-door gauge counts."""
+
+FRONT_DOOR_COUNT_UNSPECIFIED: FrontDoorCount.ValueType  # 0
+FRONT_DOOR_COUNT_IN_FLIGHT: FrontDoorCount.ValueType  # 1
+"""Requests from arrival until their response is done: vLLM's GET /load (server_load,
+with --enable-server-load-tracking), dynamo_frontend_inflight_requests.
+"""
+FRONT_DOOR_COUNT_QUEUED: FrontDoorCount.ValueType  # 2
+"""Requests from arrival until their first token: dynamo_frontend_queued_requests."""
+Global___FrontDoorCount: _TypeAlias = FrontDoorCount  # noqa: Y015
+
 @_typing.final
 class AgentMessage(_message.Message):
     """---------------------------------------------------------------- agent -> server"""
@@ -232,6 +258,7 @@ class ServingInstance(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     GPU_INDICES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FRONT_DOOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique on the node, e.g. "vllm-0" """
     engine: Global___Engine.ValueType
@@ -247,6 +274,12 @@ class ServingInstance(_message.Message):
         policies select pools of instances by these.
         """
 
+    @_builtins.property
+    def front_door(self) -> Global___FrontDoor:
+        """Where the agent sees prompts arrive before the engine schedules them; unset: nowhere,
+        and the agent's fast loop (the reflex) stays off for this instance.
+        """
+
     def __init__(
         self,
         *,
@@ -256,14 +289,46 @@ class ServingInstance(_message.Message):
         model_name: _builtins.str = ...,
         gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        front_door: Global___FrontDoor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["front_door", b"front_door"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "gpu_indices", b"gpu_indices", "labels", b"labels", "metrics_url", b"metrics_url", "model_name", b"model_name", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "front_door", b"front_door", "gpu_indices", b"gpu_indices", "labels", b"labels", "metrics_url", b"metrics_url", "model_name", b"model_name", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServingInstance: _TypeAlias = ServingInstance  # noqa: Y015
+
+@_typing.final
+class FrontDoor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    POLL_S_FIELD_NUMBER: _builtins.int
+    counts: Global___FrontDoorCount.ValueType
+    url: _builtins.str
+    """GET /load, or a router's Prometheus /metrics"""
+    metric: _builtins.str
+    """the gauge's name on a router's /metrics; empty for /load"""
+    poll_s: _builtins.float
+    """how often the agent reads it"""
+    def __init__(
+        self,
+        *,
+        counts: Global___FrontDoorCount.ValueType = ...,
+        url: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        poll_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "metric", b"metric", "poll_s", b"poll_s", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrontDoor: _TypeAlias = FrontDoor  # noqa: Y015
 
 @_typing.final
 class Telemetry(_message.Message):
@@ -295,6 +360,7 @@ class InstanceWindow(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     COMMAND_ID_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """ServingInstance.name"""
     window_start_s: _builtins.float
@@ -305,6 +371,10 @@ class InstanceWindow(_message.Message):
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuWindow]: ...
     @_builtins.property
     def serving(self) -> Global___ServingWindow: ...
+    @_builtins.property
+    def reflex(self) -> Global___ReflexWindow:
+        """The fast loop over the window; unset when the instance has no front door."""
+
     def __init__(
         self,
         *,
@@ -314,14 +384,57 @@ class InstanceWindow(_message.Message):
         gpus: _abc.Iterable[Global___GpuWindow] | None = ...,
         serving: Global___ServingWindow | None = ...,
         command_id: _builtins.str = ...,
+        reflex: Global___ReflexWindow | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reflex", b"reflex", "serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "gpus", b"gpus", "instance", b"instance", "serving", b"serving", "window_end_s", b"window_end_s", "window_start_s", b"window_start_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "gpus", b"gpus", "instance", b"instance", "reflex", b"reflex", "serving", b"serving", "window_end_s", b"window_end_s", "window_start_s", b"window_start_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceWindow: _TypeAlias = InstanceWindow  # noqa: Y015
+
+@_typing.final
+class ReflexWindow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    BOOSTED_S_FIELD_NUMBER: _builtins.int
+    BOOSTS_FIELD_NUMBER: _builtins.int
+    POLLS_FIELD_NUMBER: _builtins.int
+    POLLS_FAILED_FIELD_NUMBER: _builtins.int
+    CPU_S_FIELD_NUMBER: _builtins.int
+    base_sm_clock_mhz: _builtins.int
+    """The clock the command in force set (0: none, default clocks); GpuWindow's lock reads
+    the boost instead when the window ended boosted.
+    """
+    boosted_s: _builtins.float
+    """time the reflex held the boost clock"""
+    boosts: _builtins.int
+    """times it raised the clock"""
+    polls: _builtins.int
+    """front-door readings taken"""
+    polls_failed: _builtins.int
+    """readings that failed (unknown: no boost from them)"""
+    cpu_s: _builtins.float
+    """CPU the fast loop spent on this instance"""
+    def __init__(
+        self,
+        *,
+        base_sm_clock_mhz: _builtins.int = ...,
+        boosted_s: _builtins.float = ...,
+        boosts: _builtins.int = ...,
+        polls: _builtins.int = ...,
+        polls_failed: _builtins.int = ...,
+        cpu_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_sm_clock_mhz", b"base_sm_clock_mhz", "boosted_s", b"boosted_s", "boosts", b"boosts", "cpu_s", b"cpu_s", "polls", b"polls", "polls_failed", b"polls_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReflexWindow: _TypeAlias = ReflexWindow  # noqa: Y015
 
 @_typing.final
 class GpuWindow(_message.Message):
@@ -770,6 +883,7 @@ class SetClocks(_message.Message):
     LEASE_S_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_S_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance: _builtins.str
     min_sm_clock_mhz: _builtins.int
@@ -782,6 +896,12 @@ class SetClocks(_message.Message):
     """
     expires_at_s: _builtins.float
     reason: _builtins.str
+    @_builtins.property
+    def reflex(self) -> Global___Reflex:
+        """What the agent's fast loop may do under this lease; unset: nothing (it holds the
+        command's clocks). It only ever raises the ceiling, never below max_sm_clock_mhz.
+        """
+
     def __init__(
         self,
         *,
@@ -793,16 +913,41 @@ class SetClocks(_message.Message):
         lease_s: _builtins.float = ...,
         expires_at_s: _builtins.float = ...,
         reason: _builtins.str = ...,
+        reflex: Global___Reflex | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "reflex", b"reflex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz", "command_id", b"command_id", "expires_at_s", b"expires_at_s", "instance", b"instance", "lease_s", b"lease_s", "max_sm_clock_mhz", b"max_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "min_sm_clock_mhz", b"min_sm_clock_mhz", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz", "command_id", b"command_id", "expires_at_s", b"expires_at_s", "instance", b"instance", "lease_s", b"lease_s", "max_sm_clock_mhz", b"max_sm_clock_mhz", "memory_clock_mhz", b"memory_clock_mhz", "min_sm_clock_mhz", b"min_sm_clock_mhz", "reason", b"reason", "reflex", b"reflex"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__memory_clock_mhz: _TypeAlias = _typing.Literal["memory_clock_mhz"]  # noqa: Y015
     _WhichOneofArgType__memory_clock_mhz: _TypeAlias = _typing.Literal["_memory_clock_mhz", b"_memory_clock_mhz"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_clock_mhz) -> _WhichOneofReturnType__memory_clock_mhz | None: ...
 
 Global___SetClocks: _TypeAlias = SetClocks  # noqa: Y015
+
+@_typing.final
+class Reflex(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOST_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    HOLD_S_FIELD_NUMBER: _builtins.int
+    boost_sm_clock_mhz: _builtins.int
+    """The ceiling while prompts wait for their first token (>= max_sm_clock_mhz)."""
+    hold_s: _builtins.float
+    """For in-flight counts, which cannot tell a first token: how long a rise holds the boost."""
+    def __init__(
+        self,
+        *,
+        boost_sm_clock_mhz: _builtins.int = ...,
+        hold_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boost_sm_clock_mhz", b"boost_sm_clock_mhz", "hold_s", b"hold_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reflex: _TypeAlias = Reflex  # noqa: Y015
 
 @_typing.final
 class ResetClocks(_message.Message):
