@@ -195,14 +195,7 @@ def run_bench(
             runs["best-static"] = best.run if best.run is not None else runs[REFERENCE]
         if "oracle-plan" in config.policies:
             plan_t0 = time.perf_counter()
-            # Every run so far is a schedule of the same arrivals: the plan starts from them,
-            # but for runs with the fast loop, whose clocks moved inside windows (outside the
-            # per-window schedules the plan is the bound of).
-            seeds = {
-                n: r
-                for n, r in {**(plan_seeds or {}), **runs}.items()
-                if n != REFERENCE and split_name(n.split(" (")[0])[1] is None
-            }
+            seeds = plan_seed_runs({**(plan_seeds or {}), **runs})
             result.plan = _plan(tasks, arms, runs[REFERENCE], seeds, pool)
             result.plan.wall_s = time.perf_counter() - plan_t0
             runs["oracle-plan"] = result.plan.run
@@ -213,6 +206,18 @@ def run_bench(
     reference = runs[REFERENCE]
     result.summaries = {n: summarise(r, reference, config.slo) for n, r in result.runs.items()}
     return result
+
+
+def plan_seed_runs(runs: Mapping[str, PolicyRun]) -> dict[str, PolicyRun]:
+    """The runs oracle-plan starts from: every run of the same arrivals is a schedule, but
+    for the reference and runs with the fast loop, whose clocks moved inside windows
+    (outside the per-window schedules the plan is the bound of). Names may carry a
+    " (... promise)" tail (bench/load_sweep.py)."""
+    return {
+        name: run
+        for name, run in runs.items()
+        if name != REFERENCE and split_name(name.split(" (")[0])[1] is None
+    }
 
 
 @dataclass(frozen=True, slots=True)

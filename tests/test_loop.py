@@ -181,3 +181,38 @@ async def test_agent_reconnects_after_server_restart(sqlite_url: str) -> None:
     decisions, _ = _rows(sqlite_url)
     # Same node and instances after the restart: decisions keep landing on the same rows.
     assert len({d.instance_id for d in decisions}) == 2
+
+
+async def test_the_fast_loop_boosts_inside_the_servers_leases(database_url: str) -> None:
+    """Hello reports the router gauge; every lock carries a Reflex to the top clock; the
+    agent lifts the ceiling while prompts wait and reports it; decisions record it."""
+    async with (
+        running_server(database_url, window_s=0.2, lease_s=2.0, static_clock_mhz=FIXED_MHZ) as srv,
+        running_agent(srv, instances=1, front_door="router", rate_scale=8.0) as ra,
+    ):
+        clocks = ra.agent.clocks
+        backend = ra.node.backend
+        top = max(backend.supported_sm_clocks_mhz(0, backend.default_memory_clock_mhz(0)))
+        seen: set[tuple[int, int] | None] = set()
+
+        async def boosted_and_back() -> bool:
+            lease = clocks.leases.get("vllm-0")
+            if lease is not None:
+                assert lease.boost_mhz == top and lease.hold_s > 0
+                assert lease.max_mhz == FIXED_MHZ
+            seen.add(ra.node.backend.locked_sm_clocks_mhz(0))
+            return {(LOWEST_MHZ, top), (LOWEST_MHZ, FIXED_MHZ)} <= seen
+
+        await eventually(boosted_and_back, 30, "a boost to the top clock and back")
+        await srv.app.state.writer.flush()
+
+        async def recorded() -> bool:
+            decisions, _ = _rows(database_url)
+            shares = [d.features.get("boost_share") for d in decisions]
+            return any(s is not None and s > 0 for s in shares)
+
+        await eventually(recorded, 10, "a decision recording boost time")
+        decisions, _ = _rows(database_url)
+        # The server records the command's clock as in force, never the boost.
+        assert {d.clock_in_force_mhz for d in decisions} <= {None, FIXED_MHZ}
+        assert ra.agent.errors_received == []

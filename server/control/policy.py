@@ -47,6 +47,9 @@ class ClockDecision:
     reason: str
     features: dict[str, float] = field(default_factory=dict)
     reward: float | None = None
+    # May the agent's fast loop boost under this clock? A policy that knows first tokens
+    # do not limit its choice says no: a boost would then only spend energy.
+    boost_helps: bool = True
 
 
 class Policy(abc.ABC):

@@ -301,7 +301,7 @@ def _command_for(
                 lease_s=lease_s,
                 expires_at_s=expires,
                 reason=decision.reason,
-                reflex=_reflex(runtime, clock),
+                reflex=_reflex(runtime, clock) if decision.boost_helps else None,
             )
         )
         row.update(

@@ -32,10 +32,12 @@ def sim_node(name: str = "test-node", instances: int = 2, rate_scale: float = 1.
     return node
 
 
-def agent_config(node: SimulatedNode, server: str, node_id: str) -> AgentConfig:
+def agent_config(
+    node: SimulatedNode, server: str, node_id: str, front_door: str = "none"
+) -> AgentConfig:
     """The demo's agent configuration, with fast reconnects and lease checks for tests."""
     return dataclasses.replace(
-        agent_config_for(node, server, node_id),
+        agent_config_for(node, server, node_id, front_door),
         backoff_initial_s=0.1,
         backoff_max_s=0.5,
         lease_check_s=0.05,
@@ -51,20 +53,30 @@ class RunningAgent:
 
 @asynccontextmanager
 async def running_agent(
-    server: RunningServer, name: str = "test-node", instances: int = 2
+    server: RunningServer,
+    name: str = "test-node",
+    instances: int = 2,
+    front_door: str = "none",
+    rate_scale: float = 1.0,
 ) -> AsyncIterator[RunningAgent]:
     """A simulated node and its agent, with a node token the server just made for it."""
-    async with agent_at(server.grpc_address, name, server.node_token(name), instances) as ra:
+    token = server.node_token(name)
+    async with agent_at(server.grpc_address, name, token, instances, front_door, rate_scale) as ra:
         yield ra
 
 
 @asynccontextmanager
 async def agent_at(
-    address: str, name: str, token: str, instances: int = 2
+    address: str,
+    name: str,
+    token: str,
+    instances: int = 2,
+    front_door: str = "none",
+    rate_scale: float = 1.0,
 ) -> AsyncIterator[RunningAgent]:
     """A simulated node and its agent on a server address (which may come and go)."""
-    node = await asyncio.to_thread(sim_node, name, instances)
-    config = dataclasses.replace(agent_config(node, address, name), token=token)
+    node = await asyncio.to_thread(sim_node, name, instances, rate_scale)
+    config = dataclasses.replace(agent_config(node, address, name, front_door), token=token)
     agent = Agent(config, node.backend)
     task = asyncio.create_task(agent.run())
     try:

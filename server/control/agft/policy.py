@@ -140,17 +140,24 @@ class AgftPolicy(Policy):
             return self._choose(
                 clock, f"agft: over budget at {in_force} MHz ({over}), up", features, f_max
             )
-        clock, why = self._cheapest_safe(context, arms, f_max, base)
+        clock, why, ttft_binds = self._cheapest_safe(context, arms, f_max, base)
         if clock < base:
             if self._dwell > 0:
                 # Hold after a move so the models see the clock before moving on down.
                 self._dwell -= 1
-                return self._choose(base, f"agft: hold {base} MHz (dwell)", features, f_max)
+                return self._choose(
+                    base, f"agft: hold {base} MHz (dwell)", features, f_max, ttft_binds
+                )
             self._dwell = self.tunables.dwell_windows
-        return self._choose(clock, why, features, f_max)
+        return self._choose(clock, why, features, f_max, ttft_binds)
 
     def _choose(
-        self, clock: int | None, reason: str, features: dict[str, float], f_max: int
+        self,
+        clock: int | None,
+        reason: str,
+        features: dict[str, float],
+        f_max: int,
+        boost_helps: bool = True,
     ) -> ClockDecision:
         # Locking at the max clock is what default clocks do under load; say "default".
         if clock is not None and clock >= f_max:
@@ -158,7 +165,7 @@ class AgftPolicy(Policy):
         self._last_choice = clock
         if not reason.startswith("agft: idle"):
             self._last_busy_choice = clock
-        return ClockDecision(clock, reason, features)
+        return ClockDecision(clock, reason, features, boost_helps=boost_helps)
 
     def _budgets(self, f_max: int) -> tuple[float, float]:
         """Budgets on the *mean* latency of a window, for ITL and TTFT."""
@@ -267,7 +274,9 @@ class AgftPolicy(Policy):
 
     def _cheapest_safe(
         self, context: FloatArray, arms: ClockArms, f_max: int, in_force: int
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str, bool]:
+        """The clock, why, and whether first tokens limit it (a cheaper clock would keep
+        the token gaps in budget): only then can the fast loop's boost buy a lower clock."""
         t = self.tunables
         grid = self._candidates(arms, f_max)
         clocks, ells = grid.clocks, grid.ells
@@ -282,17 +291,22 @@ class AgftPolicy(Policy):
         power = self._power.optimistic(context, grid.basis, t.power_alpha)
         power_safe = np.where(safe, power, np.inf)
         best = int(np.argmin(power_safe))
+        itl_only = itl_ok & (clocks >= in_force - t.down_step_mhz)
+        itl_only[0] = True
+        ttft_binds = bool(np.min(np.where(itl_only, power, np.inf)) < power[best])
         current = np.nonzero(clocks == in_force)[0]
         if current.size and safe[current[0]]:
             here = power[current[0]]
             # Switching cost: stay unless the move saves enough.
             if power[best] > here * (1.0 - t.min_saving_fraction):
-                return in_force, f"agft: hold {in_force} MHz (~{here:.0f} W)"
+                return in_force, f"agft: hold {in_force} MHz (~{here:.0f} W)", ttft_binds
         chosen = int(clocks[best])
-        return chosen, (
+        return (
+            chosen,
             f"agft: {chosen} MHz cheapest within budget "
             f"(~{power[best]:.0f} W; ITL<{itl_budget * 1e3:.1f} ms, "
-            f"TTFT<{ttft_budget * 1e3:.0f} ms)"
+            f"TTFT<{ttft_budget * 1e3:.0f} ms)",
+            ttft_binds,
         )
 
     # ---- learning -----------------------------------------------------------------------
