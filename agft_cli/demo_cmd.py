@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import sys
 
 import uvicorn
 
-from agft_cli.server_cmd import settings_from_args
+from agft_cli.server_cmd import EXIT_PORT_IN_USE, PortInUseError, listen, settings_from_args
 from agft_cli.simnode import agent_config_for, start_sim_node
 from node_agent.agent import Agent
 from server.app import create_app
@@ -21,10 +22,10 @@ from sim.node import SimulatedNode
 async def _demo(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning")
-    )
-    serve = asyncio.create_task(server.serve())
+    http = listen(settings.http_host, settings.http_port, "HTTP")
+    listen(settings.grpc_host, settings.grpc_port, "agents (gRPC)").close()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    serve = asyncio.create_task(server.serve(sockets=[http]))
     while not server.started:
         if serve.done():
             serve.result()  # bind failure etc.: raise it
@@ -83,5 +84,9 @@ async def _demo(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    asyncio.run(_demo(args))
+    try:
+        asyncio.run(_demo(args))
+    except PortInUseError as err:
+        print(f"agft demo: {err}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
     return 0
