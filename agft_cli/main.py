@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands their arguments to their own parsers.
     sub.add_parser("sim", help="simulator tools: sweep, calibrate, replay, profiles")
     sub.add_parser("bench", help="benchmark policies on traces in simulated time")
+    sub.add_parser(
+        "loadtest", help="one server process against many synthetic agents: latency, losses"
+    )
 
     from agft_cli.token_cmd import add_api_parser
     from agft_cli.token_cmd import add_parser as add_token_parser
@@ -159,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands with their own argparse tree: everything after the name is theirs.
-DELEGATED = {"sim": "sim.cli", "bench": "bench.cli"}
+DELEGATED = {"sim": "sim.cli", "bench": "bench.cli", "loadtest": "bench.loadtest.cli"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

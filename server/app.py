@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_max=settings.persist_batch_max,
             interval_s=settings.persist_interval_s,
             stuck_after_s=settings.persist_stuck_after_s,
+            max_queued=settings.persist_max_queued,
             spill_path=Path(settings.persist_spill_path) if settings.persist_spill_path else None,
         )
         writer.start()

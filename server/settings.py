@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     persist_interval_s: float = Field(
         default=0.2, gt=0.0, description="longest wait before a batch is written"
     )
+    persist_max_queued: int = Field(
+        default=200_000,
+        ge=1,
+        description="rows waiting for the database past which agent streams stop being read "
+        "(backpressure: agents slow down, nothing is dropped)",
+    )
     persist_stuck_after_s: float = Field(
         default=30.0, gt=0.0, description="/healthz reports degraded when a row waits longer"
     )

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from server.api.auth import require_viewer
 from server.fleet.service import FleetService
-from server.fleet.stats import DECIDE_BUCKETS_S
+from server.fleet.stats import DECIDE_BUCKETS_S, LATENCY_BUCKETS_S
 from server.store.writer import BatchWriter
 
 router = APIRouter(
@@ -91,15 +91,24 @@ class FleetCollector(Collector):
         yield from (energy, power, clock, saved, default, attainment, decisions)
 
         times = fleet.decide_times
-        buckets, running = [], 0
-        for bound, count in zip((*DECIDE_BUCKETS_S, float("inf")), times.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
         yield HistogramMetricFamily(
             "agft_decide_seconds",
-            "Time to decide one window, from telemetry in to command out",
-            buckets=buckets,
+            "Time to decide one window (the controller's work alone)",
+            buckets=_cumulative(DECIDE_BUCKETS_S, times.counts),
             sum_value=times.total_s,
+        )
+        latency = fleet.command_latency
+        yield HistogramMetricFamily(
+            "agft_command_latency_seconds",
+            "From a telemetry message read off its stream to each of its commands handed to "
+            "gRPC (event-loop queueing included)",
+            buckets=_cumulative(LATENCY_BUCKETS_S, latency.counts),
+            sum_value=latency.total_s,
+        )
+        yield GaugeMetricFamily(
+            "agft_command_latency_max_seconds",
+            "The longest telemetry-to-command latency since the server started",
+            value=latency.max_s,
         )
         yield CounterMetricFamily(
             "agft_persisted_rows", "Rows the writer stored", value=self._writer.rows_written
@@ -131,3 +140,11 @@ def metrics(request: Request) -> Response:
     # Text format 0.0.4: what every Prometheus 2.x (Debian's too) and Grafana agent reads.
     body = generate_latest(request.app.state.metrics)
     return Response(body, headers={"content-type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    buckets, running = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return buckets

@@ -108,6 +108,9 @@ class AgentSession:
     token_id: str = ""  # the node token this stream authenticated with
     peer: str = ""
     last_message_at: float = field(default_factory=time.monotonic)
+    # Command id -> when the telemetry that caused it was read (perf_counter), until the
+    # command leaves through gRPC: the decision latency /metrics reports.
+    born: dict[str, float] = field(default_factory=dict)
 
     def touch(self) -> None:
         self.last_message_at = time.monotonic()

@@ -21,7 +21,7 @@ from server.energy.estimator import ESTIMATOR_STATE
 from server.fleet import validation
 from server.fleet.decider import command_now, decide_window
 from server.fleet.runtime import AgentSession, InstanceRuntime
-from server.fleet.stats import DecideTimes, InstanceTotals
+from server.fleet.stats import CommandLatency, DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
 from server.fleet.validation import InvalidMessageError
 from server.slo.spec import SloSpec
@@ -76,6 +76,7 @@ class FleetService:
         self.live: dict[int, tuple[AgentSession, InstanceRuntime]] = {}
         self.totals: dict[int, InstanceTotals] = {}  # for /metrics, across reconnects
         self.decide_times = DecideTimes()
+        self.command_latency = CommandLatency()
 
     # ---- background work -------------------------------------------------------------
     async def load_control(self) -> None:
@@ -107,6 +108,10 @@ class FleetService:
                     await self.apply_control()
             except Exception:  # never die quietly: log and try again next interval
                 log.exception("periodic fleet upkeep failed")
+
+    async def writer_room(self) -> None:
+        """Wait while the batch writer holds its most rows (backpressure)."""
+        await self._writer.wait_for_room()
 
     async def close_revoked_sessions(self) -> int:
         """End the streams whose node token was revoked since they connected."""
@@ -328,8 +333,16 @@ class FleetService:
         return True
 
     # ---- telemetry -> decisions -> commands ------------------------------------------
-    def telemetry(self, session: AgentSession, seq: int, telemetry: pb.Telemetry) -> None:
+    def telemetry(
+        self,
+        session: AgentSession,
+        seq: int,
+        telemetry: pb.Telemetry,
+        read_at: float | None = None,
+    ) -> None:
+        """read_at: perf_counter when the message came off the stream (default: now)."""
         now = datetime.now(UTC)
+        read_at = time.perf_counter() if read_at is None else read_at
         for window in telemetry.windows:
             runtime = session.instances.get(window.instance)
             try:
@@ -353,6 +366,8 @@ class FleetService:
             if outcome.command is not None and outcome.command_row is not None:
                 self._writer.add_command(outcome.command_row)
                 session.remember_command(outcome.command_row["id"], runtime.name)
+                if len(session.born) < session.pending_limit:
+                    session.born[outcome.command_row["id"]] = read_at
                 session.send(outcome.command)
             self._writer.add_decision(outcome.decision_row)
             self.decide_times.observe(time.perf_counter() - started)

@@ -16,6 +16,9 @@ from server.control.policy import SloTargets
 # SLO attainment is reported over the last this many windows (5 minutes at 1 s).
 ATTAINMENT_WINDOWS = 300
 DECIDE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+# Telemetry read off the stream to its command handed to gRPC: queueing on a busy event
+# loop included, so up to seconds.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass(slots=True)
@@ -88,3 +91,17 @@ class DecideTimes:
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(DECIDE_BUCKETS_S, seconds)] += 1
         self.total_s += seconds
+
+
+@dataclass(slots=True)
+class CommandLatency:
+    """A histogram of telemetry read to command sent, per command, and the longest."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+    max_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.total_s += seconds
+        self.max_s = max(self.max_s, seconds)

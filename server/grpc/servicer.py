@@ -7,6 +7,7 @@ Error on the stream instead of killing it (the generated handler would abort the
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,10 +69,20 @@ class AgentLinkServicer:
                 message = await session.outbox.get()
                 if message is None:
                     break
+                self._sent(session, message)
                 yield message
         finally:
             reader.cancel()
             await self._fleet.disconnect(session)
+
+    def _sent(self, session: AgentSession, message: pb.ServerMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind not in ("set_clocks", "reset_clocks"):
+            return
+        command_id = getattr(message, kind).command_id
+        born = session.born.pop(command_id, None)
+        if born is not None:
+            self._fleet.command_latency.observe(time.perf_counter() - born)
 
     async def _handshake(
         self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any, token: TokenInfo
@@ -104,7 +115,10 @@ class AgentLinkServicer:
         try:
             async for msg in requests:
                 session.touch()
-                self._dispatch(session, msg)
+                self._dispatch(session, msg, time.perf_counter())
+                # A database behind: stop reading, so the agent's sends wait (HTTP/2 flow
+                # control) rather than the server queueing without bound.
+                await self._fleet.writer_room()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -112,14 +126,16 @@ class AgentLinkServicer:
         finally:
             session.close()
 
-    def _dispatch(self, session: AgentSession, msg: pb.AgentMessage | Malformed) -> None:
+    def _dispatch(
+        self, session: AgentSession, msg: pb.AgentMessage | Malformed, read_at: float
+    ) -> None:
         if isinstance(msg, Malformed):
             session.send(FleetService.error(0, "malformed", msg.error))
             return
         kind = msg.WhichOneof("body")
         try:
             if kind == "telemetry":
-                self._fleet.telemetry(session, msg.seq, msg.telemetry)
+                self._fleet.telemetry(session, msg.seq, msg.telemetry, read_at)
             elif kind == "ack":
                 self._fleet.ack(session, msg.seq, msg.ack)
             elif kind == "control_status":

@@ -120,6 +120,7 @@ class BatchWriter:
         retry_max_s: float = 10.0,
         stuck_after_s: float = 30.0,
         spill_path: Path | None = None,
+        max_queued: int = 200_000,
     ) -> None:
         self._factory = factory
         self._batch_max = batch_max
@@ -129,6 +130,13 @@ class BatchWriter:
         self._stuck_after_s = stuck_after_s
         self._spill_path = spill_path
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        # Backpressure: past max_queued rows the streams stop reading (wait_for_room), so
+        # HTTP/2 flow control slows the agents down instead of the queue growing without
+        # bound. Producers never block and never drop: a row in hand is always queued.
+        self._max_queued = max_queued
+        self._room = asyncio.Event()
+        self._room.set()
+        self._full = asyncio.Event()  # a whole batch is waiting: write now
         # Enqueue times, oldest first, so health can say how long the oldest row waits.
         self._enqueued_at: deque[float] = deque()
         self._in_flight: list[Item] = []
@@ -156,6 +164,22 @@ class BatchWriter:
         self._idle.clear()
         self._enqueued_at.append(time.monotonic())
         self._queue.put_nowait((kind, row))
+        size = self._queue.qsize()
+        if size >= self._batch_max:
+            self._full.set()
+        if size >= self._max_queued:
+            self._room.clear()
+
+    @property
+    def waiting(self) -> int:
+        """Rows queued and not yet taken into a batch."""
+        return self._queue.qsize()
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue is below max_queued (at once, mostly)."""
+        while self._queue.qsize() >= self._max_queued:
+            self._room.clear()
+            await self._room.wait()
 
     # -- health ----------------------------------------------------------------------
     def status(self) -> WriterStatus:
@@ -228,20 +252,20 @@ class BatchWriter:
 
     # -- consumer ------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
             self._idle.clear()
             items = [first]
-            deadline = loop.time() + self._interval_s
-            while len(items) < self._batch_max:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
+            if self._queue.qsize() < self._batch_max - 1:
+                # Gather for up to interval_s unless a whole batch is waiting sooner (one
+                # timer per batch: a wait per row costs more than the rows' writing).
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._interval_s)
+            while len(items) < self._batch_max and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            if self._queue.qsize() < self._max_queued:
+                self._room.set()
             self._in_flight = items
             await self._write_until_done(items)
             self._in_flight = []
@@ -326,9 +350,8 @@ class BatchWriter:
                 db.execute(insert(ClockCommand), batch.commands)
             if batch.decisions:
                 db.execute(insert(Decision), batch.decisions)
-            for ack in batch.acks:
-                command_id = ack["id"]
-                values = {k: v for k, v in ack.items() if k != "id"}
-                db.execute(update(ClockCommand).where(ClockCommand.id == command_id).values(values))
+            if batch.acks:
+                # One executemany UPDATE by primary key for the whole batch's acks.
+                db.execute(update(ClockCommand), batch.acks)
             for state in batch.policy_states.values():
                 upsert_policy_state(db, state)

@@ -225,3 +225,81 @@ def test_transient_errors_are_told_from_bad_rows() -> None:
     assert not is_transient(bad)
     assert not is_transient(exc.StatementError("bad value", "INSERT", {}, ValueError("NaN")))
     assert not is_transient(ValueError("Out of range float values are not JSON compliant"))
+
+
+class SlowFactory:
+    """Each transaction waits before it starts: a database slower than the load."""
+
+    def __init__(self, real: sessionmaker[Session], delay_s: float) -> None:
+        self.real = real
+        self.delay_s = delay_s
+
+    def begin(self) -> AbstractContextManager[Session]:
+        import time
+
+        time.sleep(self.delay_s)
+        return self.real.begin()
+
+
+async def test_a_slow_database_holds_the_producers_back_and_loses_nothing(
+    factory: sessionmaker[Session],
+) -> None:
+    instance_id = _instance(factory)
+    writer = BatchWriter(
+        SlowFactory(factory, 0.05),  # type: ignore[arg-type]
+        batch_max=10,
+        interval_s=0.01,
+        max_queued=25,
+    )
+    writer.start()
+    waited = 0
+    try:
+        for n in range(200):
+            writer.add_decision(_decision(instance_id, n))
+            # What a stream does after each message: wait while the writer is full.
+            full = writer.waiting >= 25
+            await writer.wait_for_room()
+            waited += full
+            assert writer.waiting < 25  # bounded: reading resumes only below the mark
+        await asyncio.wait_for(writer.flush(), 30)
+    finally:
+        await writer.stop()
+    assert waited > 0  # the producer was held back
+    assert _count(factory, Decision) == 200
+    assert writer.rows_set_aside == 0
+
+
+async def test_acks_of_a_batch_are_one_update_and_all_land(
+    factory: sessionmaker[Session],
+) -> None:
+    instance_id = _instance(factory)
+    writer = BatchWriter(factory, batch_max=500, interval_s=0.05)
+    writer.start()
+    now = datetime.now(UTC)
+    try:
+        for n in range(40):
+            writer.add_command(
+                {
+                    "id": f"c{n}",
+                    "instance_id": instance_id,
+                    "kind": "reset",
+                    "reason": "t",
+                    "issued_at": now,
+                }
+            )
+        for n in range(40):
+            writer.add_ack(
+                {
+                    "id": f"c{n}",
+                    "ack_ok": n % 2 == 0,
+                    "acked_at": now,
+                    "ack_error": None if n % 2 == 0 else "refused",
+                }
+            )
+        await asyncio.wait_for(writer.flush(), 10)
+    finally:
+        await writer.stop()
+    with factory() as db:
+        rows = db.execute(select(ClockCommand.id, ClockCommand.ack_ok)).all()
+    assert len(rows) == 40
+    assert all(ok == (int(cid[1:]) % 2 == 0) for cid, ok in rows)

@@ -1,0 +1,1 @@
+"""`agft loadtest`: one server process against many lightweight simulated agents."""
