@@ -34,6 +34,8 @@ OTHERS = {
     "agft_persist_set_aside_rows": "counter",
     "agft_persist_queued_rows": "gauge",
     "agft_energy_default_joules": "counter",
+    "agft_command_latency_seconds": "histogram",
+    "agft_command_latency_max_seconds": "gauge",
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +91,12 @@ async def test_metrics_describe_the_live_fleet(database_url: str) -> None:
     assert decided >= 10
     count = next(s for s in families["agft_decide_seconds"].samples if s.name.endswith("_count"))
     assert count.value >= decided
+    # Every command sent is timed from the telemetry that caused it; none takes forever.
+    sent = next(
+        s for s in families["agft_command_latency_seconds"].samples if s.name.endswith("_count")
+    )
+    worst = next(iter(families["agft_command_latency_max_seconds"].samples)).value
+    assert sent.value >= 1 and 0 < worst < 5.0
     assert next(iter(families["agft_agents_connected"].samples)).value == 1
     persisted = next(iter(families["agft_persisted_rows"].samples))
     assert persisted.value > 0

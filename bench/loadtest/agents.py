@@ -27,6 +27,7 @@ from agft.v1 import agent_pb2_grpc as pb_grpc
 from bench.loadtest import synthetic
 
 POOL = 16  # synthetic windows per GPU index, reused with fresh times
+DRAIN_S = 60.0
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class NodeCounts:
     acks_sent: int = 0
     errors: int = 0
     connected: bool = False
+    unsent: int = 0  # messages still queued when the node gave up waiting
     rtt_s: list[float] = field(default_factory=list)
 
 
@@ -70,6 +72,13 @@ class _Node:
             msg = await self._outbox.get()
             if msg is None:
                 return
+            # Counted as they leave, not as they are queued: an ack queued after the end
+            # of the stream was never sent.
+            kind = msg.WhichOneof("body")
+            if kind == "telemetry":
+                self.counts.windows_sent += len(msg.telemetry.windows)
+            elif kind == "ack":
+                self.counts.acks_sent += 1
             yield msg
 
     async def run(self, start_at: float, stop_at: float) -> None:
@@ -87,13 +96,23 @@ class _Node:
             reader = asyncio.create_task(self._read(call))
             try:
                 await self._windows(stop_at)
-                await asyncio.sleep(min(2.0, 2 * self.window_s))  # the last commands
+                # What is still queued here went out late, not never: a server behind slows
+                # its agents (backpressure). Wait for it to leave (60 s at most), then for
+                # the last commands.
+                deadline = time.monotonic() + DRAIN_S
+                # asyncio.Queue has no "empty" event: a 0.1 s poll, once, at the end.
+                while not self._outbox.empty() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                self.counts.unsent = self._outbox.qsize()
+                await asyncio.sleep(min(2.0, 2 * self.window_s))
             finally:
                 # End of requests: the server closes the stream once it has read them all,
                 # and the reader sees the end.
                 self._outbox.put_nowait(None)
+                # The server ends the stream only once it has read every message: until
+                # then a message may be in flight, and cancelling would drop it.
                 with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
-                    await asyncio.wait_for(asyncio.shield(reader), 10)
+                    await asyncio.wait_for(asyncio.shield(reader), DRAIN_S)
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                     await reader
@@ -120,11 +139,16 @@ class _Node:
                 if lock is None:
                     g.ClearField("locked_min_sm_clock_mhz")
                     g.ClearField("locked_max_sm_clock_mhz")
+                    g.sm_clock_mhz = synthetic.DEFAULT_MHZ
                 else:
                     g.locked_min_sm_clock_mhz, g.locked_max_sm_clock_mhz = lock
+                    g.sm_clock_mhz = lock[1]
+                # Power falls with the clock and token gaps grow, as on a GPU, so the
+                # controller finds lower clocks worth it and holds locks (and renews
+                # their leases every window) as it would on a real fleet.
+                synthetic.at_clock(w, g.sm_clock_mhz)
                 self._sent_at[w.instance] = now
             self._put(telemetry=telemetry)
-            self.counts.windows_sent += len(telemetry.windows)
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
@@ -160,7 +184,6 @@ class _Node:
                     applied_at_s=time.time(),
                 )
             )
-            self.counts.acks_sent += 1
 
 
 def run_nodes(
@@ -204,6 +227,7 @@ async def _run(
         total.commands += c.commands
         total.acks_sent += c.acks_sent
         total.errors += c.errors
+        total.unsent += c.unsent
         total.rtt_s.extend(c.rtt_s)
     return {
         "nodes": len(runners),
@@ -212,6 +236,7 @@ async def _run(
         "commands": total.commands,
         "acks_sent": total.acks_sent,
         "errors": total.errors,
+        "unsent_messages": total.unsent,
         "rtt_s": total.rtt_s,
         "failures": failures[:5],
     }

@@ -24,6 +24,8 @@ from bench.loadtest.run import LoadSpec, run
 
 COLUMNS = (
     ("instances", "instances"),
+    ("policy", "policy"),
+    ("commands_received", "commands"),
     ("windows_per_s", "windows/s"),
     ("decision_p50_ms", "decision p50 (ms)"),
     ("decision_p99_ms", "decision p99 (ms)"),
@@ -56,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help="PostgreSQL server to make a fresh database on (default $AGFT_TEST_POSTGRES_URL; "
         "empty: a SQLite file in DIR)",
     )
+    p.add_argument(
+        "--policy",
+        default="agft",
+        help="the server's controller: agft (default; holds locks only after minutes of "
+        "learning) or static (with --static-clock-mhz: a lease renewal and an ack per window)",
+    )
+    p.add_argument("--static-clock-mhz", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("loadtest-results"), help="output DIR")
     return p
 
@@ -126,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.duration,
             agent_processes=args.agent_processes,
             database_url=args.database_url,
+            policy=args.policy,
+            static_clock_mhz=args.static_clock_mhz,
         )
         result = run(spec, args.out)
         results.append(result)

@@ -44,6 +44,10 @@ class LoadSpec:
     agent_processes: int = 2
     database_url: str = ""  # postgresql://... (a fresh database is made on it) or "" SQLite
     seed: int = 0
+    # The server's controller for every instance: agft (learns for minutes before it holds
+    # locks), or static at a clock (a lock, so a lease renewal and an ack every window).
+    policy: str = "agft"
+    static_clock_mhz: int | None = None
 
     @property
     def instances(self) -> int:
@@ -156,7 +160,10 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         "AGFT_WINDOW_S": str(spec.window_s),
         "AGFT_PERSIST_SPILL_PATH": str(workdir / "unwritten.jsonl"),
         "AGFT_PERSIST_SHUTDOWN_S": "60",
+        "AGFT_POLICY": spec.policy,
     }
+    if spec.static_clock_mhz is not None:
+        env["AGFT_STATIC_CLOCK_MHZ"] = str(spec.static_clock_mhz)
     log = (workdir / f"server-{spec.instances}.log").open("w")
     server = subprocess.Popen(
         [
@@ -212,7 +219,7 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
             cpu0, t0 = proc.cpu_s(), time.monotonic()
             time.sleep(max(0.0, spec.duration_s - 2.0))
             cpu1, t1 = proc.cpu_s(), time.monotonic()
-            results = [p.get(timeout=spec.duration_s + 120) for p in pending]
+            results = [p.get(timeout=spec.duration_s + 180) for p in pending]
         drained_s = _wait_drained(base, 180)
         scraped = _scrape(base, api_token)
         rss = proc.peak_rss_mb()
@@ -242,6 +249,8 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         "gpus_per_node": spec.gpus_per_node,
         "duration_s": spec.duration_s,
         "servers": 1,
+        "policy": spec.policy
+        + (f"@{spec.static_clock_mhz}" if spec.static_clock_mhz is not None else ""),
         "database": "postgresql" if url.startswith("postgresql") else "sqlite",
         "connected_nodes": sum(r["connected"] for r in results),
         "windows_sent": sent,
@@ -256,6 +265,7 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         "lost_acks": acks - counted["acked"],
         "commands_received": commands,
         "agent_errors": sum(r["errors"] for r in results),
+        "agent_unsent_messages": sum(r["unsent_messages"] for r in results),
         "agent_failures": [f for r in results for f in r["failures"]][:5],
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "server_rss_mb": round(rss, 1),

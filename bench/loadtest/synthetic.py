@@ -108,3 +108,17 @@ def window(
             iteration_tokens=_histogram(ITERATION_TOKEN_BUCKETS, rng, 40, 3),
         ),
     )
+
+
+def at_clock(w: pb.InstanceWindow, mhz: int) -> None:
+    """Scale a template window's power and token gaps to the clock it ran at: dynamic
+    power with the square of the clock (above a 40 % floor), gaps 30 % compute-bound."""
+    r = mhz / DEFAULT_MHZ
+    g = w.gpus[0]
+    base = w.serving.generation_tokens + 1.0  # the template's own seed of variety
+    power = (300.0 + (base % 400.0)) * (0.4 + 0.6 * r * r)
+    seconds = w.window_end_s - w.window_start_s
+    g.avg_power_w, g.energy_j, g.power_w = power, power * seconds, power
+    itl = w.serving.inter_token_latency_s
+    if itl.count:
+        itl.sum = 0.02 * itl.count * (0.7 + 0.3 / r)

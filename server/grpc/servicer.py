@@ -7,8 +7,8 @@ Error on the stream instead of killing it (the generated handler would abort the
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
