@@ -67,6 +67,7 @@ def cold_start(
     after = min(AFTER_WINDOWS, short.windows // 2)
     warm_policy = make()
     warm_policy.load_state(trained_state)
+    warm_policy.resume()  # as the server resumes a saved state
     warm = run_policy(
         short, warm_policy, label=f"{label} (warm)", calibrate=True, front_door=front_door
     )

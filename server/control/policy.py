@@ -73,3 +73,7 @@ class Policy(abc.ABC):
         """Restore what state() returned; unknown or malformed state raises ValueError."""
         if state:
             raise ValueError(f"{self.name} keeps no state")
+
+    def resume(self) -> None:  # noqa: B027 - an optional hook; most policies keep nothing
+        """Called after load_state with a state saved some time ago (a server restart, an
+        agent's reconnect): forget what held only for the load of then. Default: nothing."""

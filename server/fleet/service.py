@@ -260,6 +260,7 @@ class FleetService:
             if state is not None:
                 try:
                     runtime.policy.load_state(state)
+                    runtime.policy.resume()
                 except ValueError as err:
                     # A state we cannot trust is dropped, not half-applied: learn afresh.
                     log.error(

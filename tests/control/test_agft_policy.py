@@ -10,6 +10,7 @@ import math
 import pytest
 
 from server.control.agft import AgftPolicy
+from server.control.agft.budget import RESUME_WINDOWS
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 from server.control.policy import ClockArms, SloTargets
 
@@ -199,3 +200,23 @@ def test_near_misses_past_half_the_ttft_objective_count_as_misses(
     assert ("over budget" in decision.reason) is moves_up
     if moves_up:
         assert (decision.sm_clock_mhz or F_MAX) > low
+
+
+def test_resuming_a_saved_state_forgets_the_budget_of_its_load_and_keeps_the_models() -> None:
+    policy = AgftPolicy(SloTargets())  # the relative budget: a reference and a gain
+    run(policy, 300)
+    saved = json.loads(json.dumps(policy.state()))
+    saved["relative_ttft"]["gain"] = 0.48  # tuned to the load of when it was saved
+    assert len(saved["relative_ttft"]["reference"][0]) > RESUME_WINDOWS
+    resumed = AgftPolicy(SloTargets())
+    resumed.load_state(saved)
+    assert resumed.state() == saved  # load_state alone restores exactly
+    resumed.resume()
+    state = resumed.state()
+    for key in ("relative_itl", "relative_ttft"):
+        assert state[key]["gain"] == 1.0
+        for part in ("reference", "seen"):
+            values = state[key][part][0]
+            assert values == saved[key][part][0][-RESUME_WINDOWS:]
+    for key in ("power", "itl", "ttft", "windows", "ttft_tail_ratio"):
+        assert state[key] == saved[key]  # what it learnt of the GPU stays

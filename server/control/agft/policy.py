@@ -151,6 +151,10 @@ class AgftPolicy(Policy):
             self._dwell = self.tunables.dwell_windows
         return self._choose(clock, why, features, f_max, ttft_binds)
 
+    def resume(self) -> None:
+        self._rel_itl.resume()
+        self._rel_ttft.resume()
+
     def _choose(
         self,
         clock: int | None,
