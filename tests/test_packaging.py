@@ -67,3 +67,26 @@ def test_every_command_has_help(command: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage: agft" in result.stdout
+
+
+def test_storage_does_not_depend_on_the_wire_contract() -> None:
+    # server/store keeps typed rows (server/store/inventory.py); the protobuf contract is
+    # the fleet layer's to translate (server/fleet/inventory.py).
+    code = textwrap.dedent("""
+        import pkgutil, importlib, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith(("agft.v1", "google.protobuf", "grpc")):
+                    raise ImportError(f"{name}: storage must not need the wire contract")
+                return None
+        sys.meta_path.insert(0, Block())
+        import server.store
+        for m in pkgutil.iter_modules(server.store.__path__):
+            importlib.import_module(f"server.store.{m.name}")
+        print("ok")
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

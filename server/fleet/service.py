@@ -20,6 +20,7 @@ from server.control.policy import ClockArms
 from server.energy.estimator import ESTIMATOR_STATE
 from server.fleet import validation
 from server.fleet.decider import command_now, decide_window
+from server.fleet.inventory import inventory_of
 from server.fleet.runtime import AgentSession, InstanceRuntime
 from server.fleet.stats import CommandLatency, DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
@@ -28,7 +29,7 @@ from server.slo.spec import SloSpec
 from server.store.policy_states import load_states
 from server.store.registration import (
     mark_disconnected,
-    register_hello,
+    register_node,
     set_monitor_only,
     touch_seen,
 )
@@ -181,7 +182,7 @@ class FleetService:
         validation.check_hello(hello)
         if token is not None:
             self._check_owner(hello, token, peer)
-        registered = await asyncio.to_thread(register_hello, self._factory, hello)
+        registered = await asyncio.to_thread(register_node, self._factory, inventory_of(hello))
         gpus = {g.index: g for g in hello.gpus}
         instances: dict[str, InstanceRuntime] = {}
         for inst in hello.instances:

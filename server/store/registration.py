@@ -1,4 +1,4 @@
-"""Upserting what an agent's Hello says about its node, GPUs and serving instances."""
+"""Upserting what a node says about itself: its GPUs and serving instances."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from agft.engines import engine_from_wire
 from agft.labels import effective_labels
-from agft.v1 import agent_pb2 as pb
+from server.store.inventory import NodeInventory
 from server.store.models import Gpu, Instance, Node
 
 
@@ -32,14 +31,14 @@ class Registered:
         return {name: i.id for name, i in self.instances.items()}
 
 
-def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registered:
+def register_node(factory: sessionmaker[Session], hello: NodeInventory) -> Registered:
     now = datetime.now(UTC)
     with factory.begin() as db:
         node = db.scalar(select(Node).where(Node.node_id == hello.node_id))
         if node is None:
             node = Node(node_id=hello.node_id, first_seen_at=now)
             db.add(node)
-        node.hostname = hello.hostname or hello.node_id
+        node.hostname = hello.hostname
         node.agent_version = hello.agent_version
         node.connected = True
         node.last_seen_at = now
@@ -66,14 +65,14 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
             irow = existing.get(inst.name) or Instance(
                 node_pk=node.id, name=inst.name, created_at=now
             )
-            irow.engine = engine_from_wire(inst.engine)
+            irow.engine = inst.engine
             irow.labels = effective_labels(
                 dict(inst.labels), node=hello.node_id, engine=irow.engine, model=inst.model_name
             )
             irow.metrics_url = inst.metrics_url
             irow.model_name = inst.model_name
             irow.gpu_indices = list(inst.gpu_indices)
-            irow.monitor_only_reason = monitor_only_reason(hello, inst) or None
+            irow.monitor_only_reason = hello.monitor_only_reason(inst) or None
             irow.last_seen_at = now
             db.add(irow)
             db.flush()
@@ -85,15 +84,6 @@ def register_hello(factory: sessionmaker[Session], hello: pb.Hello) -> Registere
                 pinned_sm_clock_mhz=irow.pinned_sm_clock_mhz,
             )
         return Registered(node_pk=node.id, instances=registered)
-
-
-def monitor_only_reason(hello: pb.Hello, inst: pb.ServingInstance) -> str:
-    gpus = {g.index: g for g in hello.gpus}
-    return "; ".join(
-        f"GPU {i}: {gpus[i].monitor_only_reason}"
-        for i in inst.gpu_indices
-        if gpus[i].monitor_only_reason
-    )
 
 
 def set_monitor_only(factory: sessionmaker[Session], reasons: dict[int, str | None]) -> None:
