@@ -156,3 +156,26 @@ async def test_a_failing_safety_loop_resets_every_gpu_and_ends_the_agent_loudly(
         await asyncio.wait_for(task, 5)
     assert backend.locks == {}  # reset on the way out
     assert any("lease enforcement failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_fast_loop_thread_that_dies_stops_the_agent_with_gpus_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its steps cannot raise out of it; if the thread ends anyway, a boost it left would
+    # carry into later commands: the agent stops, as when lease enforcement fails.
+    from node_agent.reflex import FastLoop
+    from node_agent.serving.front_door import QUEUED, FrontDoorSpec
+
+    door = FrontDoorSpec(QUEUED, "http://127.0.0.1:1/metrics", "dynamo_frontend_queued_requests")
+    inst = InstanceConfig("vllm-0", "http://127.0.0.1:1/metrics", (0,), front_door=door)
+    monkeypatch.setattr(FastLoop, "run", lambda self, stop: None)  # ends at once
+    backend = FakeBackend()
+    agent = FlakyAgent(config(instances=(inst,)), backend)
+    assert agent.fast_loop is not None
+    with pytest.raises(SafetyLoopError, match="fast loop's thread ended"):
+        await asyncio.wait_for(agent.run(), 5)
+    assert backend.locks == {}
+
+
+def test_without_a_front_door_there_is_no_fast_loop() -> None:
+    assert FlakyAgent(config(), FakeBackend()).fast_loop is None
