@@ -11,6 +11,7 @@ polls it made, as the agent reports them in each window's ReflexWindow.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -18,9 +19,9 @@ import time
 
 from agft.v1 import agent_pb2 as pb
 from agft_cli.simnode import front_door_for
+from node_agent.agent import FAST_READ_TIMEOUT_S
 from node_agent.clocks import ClockController
 from node_agent.reflex import FastLoop
-from node_agent.serving.front_door import reader_for
 from sim.node import SimulatedNode
 from sim.workload import FixedLengths, PoissonWorkload
 
@@ -51,8 +52,8 @@ def measure(instances: int, seconds: float, poll_s: float, source: str) -> dict[
         for i in node.instances:
             spec = front_door_for(i, source)
             assert spec is not None
-            doors[i.name] = (reader_for(spec, 0.25), spec.counts, poll_s)
-        loop = FastLoop(clocks, doors)
+            doors[i.name] = dataclasses.replace(spec, poll_s=poll_s)
+        loop = FastLoop.over_http(clocks, doors, FAST_READ_TIMEOUT_S)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,))
         wall0 = time.perf_counter()

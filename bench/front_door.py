@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from agft.v1 import agent_pb2 as pb
 from node_agent.clocks import ClockController
 from node_agent.reflex import FastLoop
-from node_agent.serving.front_door import IN_FLIGHT, QUEUED
+from node_agent.serving.front_door import DEFAULT_POLL_S, IN_FLIGHT, QUEUED
 from sim.node import SimInstance, SimulatedNode
 
 SOURCES = {"load": IN_FLIGHT, "router": QUEUED}
-DEFAULT_POLL_S = 0.02
 # A GET on loopback or the local network, there and back.
 DEFAULT_REPLY_S = 0.001
 

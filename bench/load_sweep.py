@@ -38,7 +38,7 @@ from typing import Any
 from bench.harness import PolicyRun
 from bench.plan_search import broken
 from bench.report import write_results
-from bench.runner import BenchConfig, prepare, run_bench
+from bench.runner import BenchConfig, PreparedStream, prepare, run_bench
 
 PROMISES = ("default", "slo-only")
 SLO_ONLY_AGFT = "agft:max_slowdown=none"
@@ -73,13 +73,20 @@ _SHOWN = {
 _COLUMNS = ("agft", "agft+router", "agft+load", "rule", "best-static", "oracle-plan")
 
 
+def _prepared(
+    trace: Path, load: float, seed: int, duration_s: float | None
+) -> tuple[BenchConfig, PreparedStream, io.StringIO]:
+    """One cell's config and arrivals, and the stream its progress goes to (nowhere)."""
+    base = BenchConfig(trace=trace, peak_load=load, seed=seed, duration_s=duration_s)
+    quiet = io.StringIO()
+    return base, prepare(base, err=quiet), quiet
+
+
 def run_cell(
     trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
 ) -> None:
     """Both promises for one trace, load and seed, on the same prepared arrivals."""
-    base = BenchConfig(trace=trace, peak_load=load, seed=seed, duration_s=duration_s)
-    quiet = io.StringIO()
-    workload = prepare(base, err=quiet)
+    base, workload, quiet = _prepared(trace, load, seed, duration_s)
     # PROMISES go from the strictest to the loosest: every run that kept a stricter promise
     # keeps the looser one, so the looser bound starts from all of them and can never end
     # below the stricter (a 45 s cut of conv 2023 at 50 % peak: the SLO-only search alone
@@ -96,9 +103,7 @@ def run_front_door_cell(
     trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
 ) -> None:
     """agft with the fast loop, both promises, for one trace, load and seed."""
-    base = BenchConfig(trace=trace, peak_load=load, seed=seed, duration_s=duration_s)
-    quiet = io.StringIO()
-    workload = prepare(base, err=quiet)
+    base, workload, quiet = _prepared(trace, load, seed, duration_s)
     for promise in PROMISES:
         config = replace(
             base, policies=_FRONT_DOOR_POLICIES[promise], oracle_slowdown=_SLOWDOWN[promise]
@@ -220,20 +225,17 @@ def _plot(series: dict[tuple[str, str], list[tuple[float, float]]], path: Path, 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the benchmarks of a sweep")
-    run.add_argument("--trace", type=Path, action="append", required=True)
-    run.add_argument("--loads", default="0.3,0.5,0.7,0.85")
-    run.add_argument("--seeds", default="0,1,2,3")
-    run.add_argument("--jobs", type=int, default=2)
-    run.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
-    run.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
-    door = sub.add_parser("run-front-door", help="agft with the fast loop, into each cell")
-    door.add_argument("--trace", type=Path, action="append", required=True)
-    door.add_argument("--loads", default="0.3,0.5,0.7,0.85")
-    door.add_argument("--seeds", default="0,1,2,3")
-    door.add_argument("--jobs", type=int, default=2)
-    door.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
-    door.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
+    for name, what in (
+        ("run", "run the benchmarks of a sweep"),
+        ("run-front-door", "agft with the fast loop, into each cell"),
+    ):
+        run = sub.add_parser(name, help=what)
+        run.add_argument("--trace", type=Path, action="append", required=True)
+        run.add_argument("--loads", default="0.3,0.5,0.7,0.85")
+        run.add_argument("--seeds", default="0,1,2,3")
+        run.add_argument("--jobs", type=int, default=2)
+        run.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
+        run.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
     show = sub.add_parser("table", help="tables and PNGs of a finished sweep")
     show.add_argument("out", type=Path)
     args = parser.parse_args(argv)

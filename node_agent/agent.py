@@ -29,7 +29,6 @@ from node_agent.config import AgentConfig, ConfigError
 from node_agent.gpu.base import GpuBackend, GpuError
 from node_agent.link_security import auth_metadata, open_channel
 from node_agent.reflex import FastLoop
-from node_agent.serving.front_door import reader_for
 from node_agent.serving.scraper import ServingScraper
 from node_agent.window import GpuWindowSampler
 
@@ -82,16 +81,9 @@ class Agent:
         self._reported: dict[int, str] = {}
         self._inventories: dict[int, pb.Gpu] = {}
         # The fast loop, for the instances with a front door (none: no thread at all).
-        doors = {
-            i.name: (
-                reader_for(i.front_door, min(config.scrape_timeout_s, FAST_READ_TIMEOUT_S)),
-                i.front_door.counts,
-                i.front_door.poll_s,
-            )
-            for i in config.instances
-            if i.front_door is not None
-        }
-        self.fast_loop = FastLoop(self.clocks, doors) if doors else None
+        doors = {i.name: i.front_door for i in config.instances if i.front_door is not None}
+        timeout_s = min(config.scrape_timeout_s, FAST_READ_TIMEOUT_S)
+        self.fast_loop = FastLoop.over_http(self.clocks, doors, timeout_s) if doors else None
         self._fast_stop = threading.Event()
         self._fast_thread: threading.Thread | None = None
 

@@ -197,11 +197,7 @@ class ClockController:
                     self._backend.set_locked_sm_clocks_mhz(index, lease.min_mhz, hi)
                 except GpuError as err:
                     log.warning("fast loop: GPU %d refused %d MHz: %s", index, hi, err)
-                    self._reset(lease.gpu_indices)
-                    self._release(instance)
-                    lost = reason_for_error(err)
-                    if lost is not None:
-                        self.mark_monitor_only(index, lost)
+                    self._drop_group(instance, lease.gpu_indices, index, reason_for_error(err))
                     return False
             if on:
                 self._boosted[instance] = self._monotonic()
@@ -318,13 +314,21 @@ class ClockController:
         """A GPU refused: the whole group goes back to default, so no member keeps a lock
         (new or from an earlier lease) that no lease covers. A refusal that will not
         change by retrying (permission, support, a lost GPU) takes the GPU out of control."""
-        self._reset(gpus)
-        self._release(cmd.instance)
+        self._drop_group(cmd.instance, gpus, index, lost)
         what = f"{type(err).__name__}: {err}"
         if lost is None:
             return self._fail(cmd, f"GPU {index}: {what}")
-        self.mark_monitor_only(index, lost)  # logged there, once
         return self._fail(cmd, f"GPU {index} is monitor-only: {lost} ({what})", quiet=True)
+
+    def _drop_group(
+        self, instance: str, gpus: tuple[int, ...], index: int, lost: str | None
+    ) -> None:
+        """After GPU `index` refused a lock: the group back to default and its lease gone;
+        a refusal that retrying will not change (lost) takes the GPU out of control."""
+        self._reset(gpus)
+        self._release(instance)
+        if lost is not None:
+            self.mark_monitor_only(index, lost)  # logged there, once
 
     def _reset(self, gpus: tuple[int, ...]) -> list[str]:
         errors = []

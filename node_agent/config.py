@@ -387,16 +387,7 @@ def _label_table(raw: dict[str, object], key: str, where: _Instances) -> dict[st
 
 def _check_instance(inst: InstanceConfig, where: _Instances) -> None:
     _text(inst.name, where.at("name"))
-    url = urlsplit(inst.metrics_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(
-            f"{where.at('metrics_url')}: expected an http:// or https:// URL with a host, "
-            f"got {_show(inst.metrics_url)}"
-        )
-    try:
-        url.port  # noqa: B018 - raises on a port out of range
-    except ValueError as err:
-        raise ConfigError(f"{where.at('metrics_url')}: {err}: {_show(inst.metrics_url)}") from None
+    _check_url(inst.metrics_url, where.at("metrics_url"))
     if not inst.gpu_indices:
         raise ConfigError(
             f"{where.at('gpu_indices')}: is empty; an instance runs on at least one GPU"

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 from agft.v1 import agent_pb2 as pb
 from node_agent.clocks import ClockController
-from node_agent.serving.front_door import IN_FLIGHT, QUEUED, FrontDoorReader
+from node_agent.serving.front_door import (
+    IN_FLIGHT,
+    QUEUED,
+    FrontDoorReader,
+    FrontDoorSpec,
+    reader_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +102,19 @@ class FastLoop:
         }
         self._mutex = threading.Lock()
 
+    @classmethod
+    def over_http(
+        cls, clocks: ClockController, specs: Mapping[str, FrontDoorSpec], timeout_s: float
+    ) -> FastLoop:
+        """The loop on each instance's configured front door, read over HTTP."""
+        return cls(
+            clocks,
+            {name: (reader_for(s, timeout_s), s.counts, s.poll_s) for name, s in specs.items()},
+        )
+
     @property
     def poll_s(self) -> float:
         return min((d.poll_s for d in self._doors.values()), default=math.inf)
-
-    def instances(self) -> list[str]:
-        return list(self._doors)
 
     def step(self) -> None:
         """Read every front door that is due and move its instance's ceiling."""

@@ -115,8 +115,8 @@ def decide_window(
         command, command_row = _command_for(runtime, decision, now, lease_s, command_id)
     runtime.decisions += 1
     _remember(runtime, obs, decision, now)
-    if obs.serving is not None and obs.serving.ttft_s is not None:
-        runtime.reflex.observe(obs.serving.ttft_s.mean())
+    if runtime.front_door and obs.serving is not None and obs.serving.ttft_s is not None:
+        runtime.reflex.observe(obs.serving.ttft_s.mean())  # the fast loop's hold
     serving = obs.serving
     row = {
         "instance_id": runtime.instance_id,
