@@ -96,6 +96,14 @@ class _Batch:
         return batch
 
 
+def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by the columns they set, in first-seen order of those sets."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    return list(groups.values())
+
+
 @dataclass(frozen=True, slots=True)
 class WriterStatus:
     ok: bool
@@ -353,11 +361,13 @@ class BatchWriter:
             # Core statements, executemany: the ORM's bulk path costs more Python per row
             # than the database takes to store it, and the writer shares the GIL with the
             # event loop.
-            if batch.commands:
-                db.execute(insert(_COMMANDS), batch.commands)
-            if batch.decisions:
-                db.execute(insert(_DECISIONS), batch.decisions)
-            if batch.acks:
+            # executemany binds every row to the first row's columns: a reset (no clock
+            # bounds) beside a lock made the whole batch fail and go row by row.
+            for rows in _same_columns(batch.commands):
+                db.execute(insert(_COMMANDS), rows)
+            for rows in _same_columns(batch.decisions):
+                db.execute(insert(_DECISIONS), rows)
+            for rows in _same_columns(batch.acks):
                 # One executemany UPDATE by primary key for the whole batch's acks.
-                db.execute(update(ClockCommand), batch.acks)
+                db.execute(update(ClockCommand), rows)
             upsert_policy_states(db, list(batch.policy_states.values()))

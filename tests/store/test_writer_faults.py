@@ -303,3 +303,35 @@ async def test_acks_of_a_batch_are_one_update_and_all_land(
         rows = db.execute(select(ClockCommand.id, ClockCommand.ack_ok)).all()
     assert len(rows) == 40
     assert all(ok == (int(cid[1:]) % 2 == 0) for cid, ok in rows)
+
+
+async def test_locks_and_resets_in_one_batch_are_written_together(
+    factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reset sets no clock bounds: executemany over rows of different columns once failed
+    # the whole batch, which then went row by row (slow, and an error line every batch).
+    instance_id = _instance(factory)
+    writer = BatchWriter(factory, batch_max=500, interval_s=0.05)
+    writer.start()
+    now = datetime.now(UTC)
+    try:
+        for n in range(30):
+            row: dict[str, Any] = {
+                "id": f"c{n}",
+                "instance_id": instance_id,
+                "kind": "reset" if n % 3 == 0 else "lock",
+                "reason": "t",
+                "issued_at": now,
+            }
+            if n % 3:
+                row.update(min_sm_clock_mhz=345, max_sm_clock_mhz=1500, lease_s=5.0)
+            writer.add_command(row)
+        await asyncio.wait_for(writer.flush(), 10)
+    finally:
+        await writer.stop()
+    with factory() as db:
+        rows = dict(db.execute(select(ClockCommand.id, ClockCommand.max_sm_clock_mhz)).all())
+    assert len(rows) == 30
+    assert all((rows[f"c{n}"] is None) == (n % 3 == 0) for n in range(30))
+    assert writer.rows_set_aside == 0
+    assert "refuses" not in caplog.text
