@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, select, update
 
+from server.control.agft import STATE_VERSION
 from server.store.database import normalise_url
 from server.store.models import PolicyState
 from tests.helpers.running import running_server
@@ -40,7 +41,7 @@ async def test_agft_state_is_restored_after_a_server_restart(database_url: str) 
         saved = sorted((r.policy, r.decisions >= learned) for r in rows)
         # The controller's learning and the instance's energy model, side by side.
         assert saved == [("agft", True), ("energy-estimator", True)]
-        assert next(r for r in rows if r.policy == "agft").state["version"] == 3
+        assert next(r for r in rows if r.policy == "agft").state["version"] == STATE_VERSION
         async with running_server(database_url, grpc_port=port, **settings) as srv2:
             await eventually(lambda: srv2.app.state.fleet.sessions, 10, "agent reconnected")
             # The restored policy continues counting from where it stopped: no new warm-up.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bench.cold_start import cold_start, short_spec
 from bench.harness import RunSpec, run_policy
-from server.control.agft import AgftPolicy
+from server.control.agft import STATE_VERSION, AgftPolicy
 from server.control.policy import SloTargets
 from server.control.registry import make_policy
 
@@ -13,7 +13,7 @@ from server.control.registry import make_policy
 def test_a_warm_controller_skips_what_a_cold_one_must_learn(spec_90s: RunSpec) -> None:
     slo = SloTargets()
     trained = run_policy(spec_90s, AgftPolicy(slo), calibrate=True)
-    assert trained.final_state["version"] == 3  # the run hands back what it learned
+    assert trained.final_state["version"] == STATE_VERSION  # the run hands back what it learned
     reference = run_policy(short_spec(spec_90s), make_policy("default"))
     result = cold_start(spec_90s, lambda: AgftPolicy(slo), trained.final_state, reference, "agft")
     # The cut is shorter than ten minutes: judged over its second half.

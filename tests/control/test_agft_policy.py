@@ -176,7 +176,7 @@ def test_a_window_with_too_many_slo_misses_moves_the_clock_up() -> None:
     missing = obs(low, 9000.0)
     assert missing.serving is not None
     # A fifth of the window's first tokens came after the 1 s objective.
-    ttft = HistogramDelta((0.5, 1.0, 2.5), (8, 0, 2), 4.0, 10)
+    ttft = HistogramDelta((0.5, 1.0, 2.5), (8, 0, 2, 0), 4.0, 10)
     serving = dataclasses.replace(missing.serving, ttft_s=ttft)
     decision = policy.decide(dataclasses.replace(missing, serving=serving), ARMS)
     assert (decision.sm_clock_mhz or F_MAX) > low
@@ -194,7 +194,9 @@ def test_near_misses_past_half_the_ttft_objective_count_as_misses(
     assert window.serving is not None
     # No first token missed the 1 s objective; a share of them took more than half of it.
     near = round(10 * near_share)
-    ttft = HistogramDelta((0.5, 1.0, 2.5), (10 - near, near, 0), 0.1 * (10 - near) + 0.7 * near, 10)
+    ttft = HistogramDelta(
+        (0.5, 1.0, 2.5), (10 - near, near, 0, 0), 0.1 * (10 - near) + 0.7 * near, 10
+    )
     serving = dataclasses.replace(window.serving, ttft_s=ttft)
     decision = policy.decide(dataclasses.replace(window, serving=serving), ARMS)
     assert ("over budget" in decision.reason) is moves_up
@@ -203,20 +205,24 @@ def test_near_misses_past_half_the_ttft_objective_count_as_misses(
 
 
 def test_resuming_a_saved_state_forgets_the_budget_of_its_load_and_keeps_the_models() -> None:
-    policy = AgftPolicy(SloTargets())  # the relative budget: a reference and a gain
+    policy = AgftPolicy(SloTargets())  # the relative budgets: references and gains
     run(policy, 300)
     saved = json.loads(json.dumps(policy.state()))
-    saved["relative_ttft"]["gain"] = 0.48  # tuned to the load of when it was saved
-    assert len(saved["relative_ttft"]["reference"][0]) > RESUME_WINDOWS
+    saved["relative_itl"]["gain"] = 0.48  # tuned to the load of when it was saved
+    saved["ttft_promises"]["tail"]["log_gain"] = -0.7
+    assert len(saved["relative_itl"]["reference"][0]) > RESUME_WINDOWS
     resumed = AgftPolicy(SloTargets())
     resumed.load_state(saved)
     assert resumed.state() == saved  # load_state alone restores exactly
     resumed.resume()
     state = resumed.state()
-    for key in ("relative_itl", "relative_ttft"):
-        assert state[key]["gain"] == 1.0
-        for part in ("reference", "seen"):
-            values = state[key][part][0]
-            assert values == saved[key][part][0][-RESUME_WINDOWS:]
+    assert state["relative_itl"]["gain"] == 1.0
+    for part in ("reference", "seen"):
+        values = state["relative_itl"][part][0]
+        assert values == saved["relative_itl"][part][0][-RESUME_WINDOWS:]
+    assert state["ttft_promises"]["tail"]["log_gain"] == 0.0
+    assert state["ttft_promises"]["misses"]["log_gain"] == 0.0
+    # The pooled reference fades on its own as the new load's windows come.
+    assert state["ttft_promises"]["reference"] == saved["ttft_promises"]["reference"]
     for key in ("power", "itl", "ttft", "windows", "ttft_tail_ratio"):
         assert state[key] == saved[key]  # what it learnt of the GPU stays

@@ -13,8 +13,15 @@ from tests.control.test_agft_policy import ARMS, run
 
 
 def test_overrides_are_typed_like_the_tunable() -> None:
-    got = tunables_from_text("miss_share_factor=0.5:dwell_windows=3:max_slowdown=none")
-    assert got == {"miss_share_factor": 0.5, "dwell_windows": 3, "max_slowdown": None}
+    got = tunables_from_text(
+        "miss_share_factor=0.5:dwell_windows=3:max_slowdown=none:attainment_loss=none"
+    )
+    assert got == {
+        "miss_share_factor": 0.5,
+        "dwell_windows": 3,
+        "max_slowdown": None,
+        "attainment_loss": None,
+    }
     assert isinstance(got["dwell_windows"], int)
 
 
@@ -45,7 +52,7 @@ def test_the_registry_builds_agft_with_the_overrides() -> None:
         ("budget_margin=0", "must be above 0"),
         ("ridge_lambda=0", "must be above 0"),
         ("reference_windows=0", "must be above 0"),
-        ("miss_share_factor=none", "is not a number"),  # only max_slowdown may be none
+        ("miss_share_factor=none", "is not a number"),  # only the promises may be none
         ("dwell_windows=1:dwell_windows=2", "given twice"),
     ],
 )

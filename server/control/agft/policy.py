@@ -34,6 +34,7 @@ import numpy as np
 from server.control.agft.budget import RelativeBudget
 from server.control.agft.models import POWER_SCALE_W, FloatArray, LatencyModel, PowerModel
 from server.control.agft.signals import context_of, is_idle, mean_and_count, share_above
+from server.control.agft.tail import TtftPromises
 from server.control.agft.tunables import AgftTunables
 from server.control.features import window_features
 from server.control.observation import HistogramDelta, Observation, ServingSample
@@ -41,7 +42,7 @@ from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
 from server.control.ridge import RidgeArm
 from server.control.state_schema import StateReader
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 _STATE_KEYS = frozenset(
     (
         "version",
@@ -56,7 +57,7 @@ _STATE_KEYS = frozenset(
         "itl",
         "ttft",
         "relative_itl",
-        "relative_ttft",
+        "ttft_promises",
     )
 )
 
@@ -83,7 +84,7 @@ class AgftPolicy(Policy):
         self._itl = LatencyModel(t.ridge_lambda)
         self._ttft = LatencyModel(t.ridge_lambda)
         self._rel_itl = RelativeBudget(t.reference_windows)
-        self._rel_ttft = RelativeBudget(t.reference_windows)
+        self._ttft_promises = TtftPromises(t.reference_windows)
         # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
         self._ttft_tail_ratio = 2.0
         self._windows = 0
@@ -112,7 +113,11 @@ class AgftPolicy(Policy):
             base = self._last_choice
         serving = observation.serving
         over = self._learn(
-            context, in_force, f_max, energy / max(observation.duration_s, 1e-6), serving
+            context,
+            in_force,
+            f_max,
+            energy / max(observation.duration_s, 1e-6),
+            serving,
         )
         self._windows += 1
         waiting = serving.num_requests_waiting or 0.0
@@ -153,7 +158,7 @@ class AgftPolicy(Policy):
 
     def resume(self) -> None:
         self._rel_itl.resume()
-        self._rel_ttft.resume()
+        self._ttft_promises.resume()
 
     def _choose(
         self,
@@ -182,13 +187,19 @@ class AgftPolicy(Policy):
         slowdown = self.tunables.max_slowdown
         if slowdown is not None:
             rel_itl = self._rel_itl.limit(q, slowdown)
-            rel_ttft = self._rel_ttft.limit(q, slowdown)
             if rel_itl is not None:
                 itl_limit = min(itl_limit, rel_itl)
-            if rel_ttft is not None:
-                ttft_limit = min(ttft_limit, rel_ttft)
+        ttft_limit = self._ttft_promises.limit(
+            q / 100.0, slowdown, ttft_limit, self.tunables.attainment_loss
+        )
         m = self.tunables.budget_margin
-        return itl_limit * m, ttft_limit / self._ttft_tail_ratio * m
+        return itl_limit * m, ttft_limit / self._ttft_ratio() * m
+
+    def _ttft_ratio(self) -> float:
+        """p-th percentile over mean TTFT: of the pooled requests once there are enough,
+        else the windows' running ratio."""
+        pooled = self._ttft_promises.tail_ratio(self.slo.percentile / 100.0)
+        return pooled if pooled is not None else self._ttft_tail_ratio
 
     def beliefs(self, arms: ClockArms) -> dict[str, Any] | None:
         """Per candidate clock: predicted power and latency for the last window's load,
@@ -204,14 +215,16 @@ class AgftPolicy(Policy):
             "itl_slo_s": self.slo.tpot_s,
             "ttft_slo_s": self.slo.ttft_s,
         }
-        for key, budget in (("itl", self._rel_itl), ("ttft", self._rel_ttft)):
-            ref = budget.reference.percentile(q)
-            slowdown = t.max_slowdown
-            limits[f"{key}_relative_s"] = (
-                budget.gain * (1.0 + slowdown) * ref
-                if ref is not None and slowdown is not None
-                else None
-            )
+        ref = self._rel_itl.reference.percentile(q)
+        limits["itl_relative_s"] = (
+            self._rel_itl.gain * (1.0 + t.max_slowdown) * ref
+            if ref is not None and t.max_slowdown is not None
+            else None
+        )
+        ttft_relative = self._ttft_promises.limit(
+            q / 100.0, t.max_slowdown, math.inf, t.attainment_loss
+        )
+        limits["ttft_relative_s"] = None if math.isinf(ttft_relative) else ttft_relative
         itl_mean_budget = (
             min(v for v in (limits["itl_slo_s"], limits["itl_relative_s"]) if v is not None)
             * t.budget_margin
@@ -222,7 +235,7 @@ class AgftPolicy(Policy):
         )
         itl_upper = np.exp(self._itl.upper_log(context, grid.ells, t.latency_alpha))
         ttft_upper = np.exp(self._ttft.upper_log(context, grid.ells, t.latency_alpha))
-        ttft_upper_q = ttft_upper * self._ttft_tail_ratio
+        ttft_upper_q = ttft_upper * self._ttft_ratio()
         base = np.concatenate(([1.0], context))
         phi = (grid.basis[:, :, None] * base[None, None, :]).reshape(len(grid.basis), -1)
         power, _width = self._power.ridge.predict_many(phi)
@@ -339,9 +352,16 @@ class AgftPolicy(Policy):
         ttft = mean_and_count(serving.ttft_s)
         if ttft is not None:
             self._ttft.update(context, ell, ttft[0])
-            tail = self._track_ttft_tail(serving.ttft_s, ttft[0])
-            speedup = self._ttft.speedup_to_max(context, ell)
-            self._rel_ttft.add(tail, speedup, ttft[1])
+            self._track_ttft_tail(serving.ttft_s, ttft[0])
+            if serving.ttft_s is not None:
+                self._ttft_promises.add(
+                    serving.ttft_s,
+                    self._ttft.speedup_to_max(context, ell),
+                    self.slo.percentile / 100.0,
+                    self.tunables.max_slowdown,
+                    self.slo.ttft_s,
+                    self.tunables.attainment_loss,
+                )
             if ttft[0] > ttft_budget * self.tunables.breach_factor:
                 over.append(f"mean TTFT {ttft[0] * 1e3:.0f} ms")
         # SLO misses are counted exactly where the limit is a bucket bound (vLLM has 0.25 s
@@ -382,7 +402,7 @@ class AgftPolicy(Policy):
             "itl": self._itl.ridge.to_dict(),
             "ttft": self._ttft.ridge.to_dict(),
             "relative_itl": self._rel_itl.to_dict(),
-            "relative_ttft": self._rel_ttft.to_dict(),
+            "ttft_promises": self._ttft_promises.to_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -406,7 +426,7 @@ class AgftPolicy(Policy):
                 raise read.fail(key, f"has dimension {models[key].dim}, not {current.ridge.dim}")
         size = self.tunables.reference_windows
         rel_itl = RelativeBudget.from_dict(state.get("relative_itl"), size, read, "relative_itl")
-        rel_ttft = RelativeBudget.from_dict(state.get("relative_ttft"), size, read, "relative_ttft")
+        promises = TtftPromises.from_dict(state.get("ttft_promises"), size, read, "ttft_promises")
         tail = read.bounded(state.get("ttft_tail_ratio"), "ttft_tail_ratio", 1.0, math.inf)
         windows = read.count(state.get("windows"), "windows")
         last_choice = read.optional_integer(state.get("last_choice"), "last_choice")
@@ -418,7 +438,7 @@ class AgftPolicy(Policy):
             models["itl"],
             models["ttft"],
         )
-        self._rel_itl, self._rel_ttft = rel_itl, rel_ttft
+        self._rel_itl, self._ttft_promises = rel_itl, promises
         self._ttft_tail_ratio = tail
         self._windows = windows
         self._last_choice = last_choice
