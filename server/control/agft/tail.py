@@ -41,6 +41,7 @@ GRID_EDGES: FloatArray = np.logspace(
 )
 GRID_BINS = len(GRID_EDGES) - 1
 GRID_CENTRES: FloatArray = np.sqrt(GRID_EDGES[:-1] * GRID_EDGES[1:])
+LOG_EDGES: FloatArray = np.log(GRID_EDGES)
 
 
 def interpolated_cdf(hist: HistogramDelta, at: FloatArray) -> FloatArray:
@@ -63,10 +64,20 @@ class PooledLatencies:
     def __init__(self, windows: int) -> None:
         self.windows = windows
         self.mass: FloatArray = np.zeros(GRID_BINS)
+        # Read several times a decision, changed once a window: cached until add().
+        self._cum: FloatArray | None = None
+        self._quantiles: dict[float, float | None] = {}
+        self._stats: dict[str, float | None] = {}
 
     @property
     def total(self) -> float:
-        return float(self.mass.sum())
+        return float(self._cumulative()[-1])
+
+    def _cumulative(self) -> FloatArray:
+        """Mass at most each grid edge (GRID_BINS + 1 values, from 0)."""
+        if self._cum is None:
+            self._cum = np.concatenate(([0.0], np.cumsum(self.mass)))
+        return self._cum
 
     def add(self, hist: HistogramDelta, scale: float) -> None:
         """Fold in a window's histogram with every value multiplied by `scale`."""
@@ -77,32 +88,39 @@ class PooledLatencies:
         cdf[-1] = float(hist.count)  # and what lies above, in its last
         self.mass *= 1.0 - 1.0 / self.windows
         self.mass += np.maximum(np.diff(cdf), 0.0)
+        self._cum = None
+        self._quantiles.clear()
+        self._stats.clear()
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0-1), log-interpolated inside a grid bin; None when empty."""
-        total = self.total
+        if q not in self._quantiles:
+            self._quantiles[q] = self._quantile(q)
+        return self._quantiles[q]
+
+    def _quantile(self, q: float) -> float | None:
+        cum = self._cumulative()
+        total = float(cum[-1])
         if total <= 0:
             return None
-        cum = np.cumsum(self.mass)
-        i = min(int(np.searchsorted(cum, q * total)), GRID_BINS - 1)
-        below = cum[i - 1] if i > 0 else 0.0
-        frac = (q * total - below) / self.mass[i] if self.mass[i] > 0 else 0.0
+        i = min(max(int(np.searchsorted(cum, q * total)) - 1, 0), GRID_BINS - 1)
+        frac = (q * total - cum[i]) / self.mass[i] if self.mass[i] > 0 else 0.0
         lo, hi = math.log(GRID_EDGES[i]), math.log(GRID_EDGES[i + 1])
         return math.exp(lo + (hi - lo) * min(max(frac, 0.0), 1.0))
 
     def mean(self) -> float | None:
         """The mean, each bin's mass at its geometric centre (within 3 %)."""
-        total = self.total
-        if total <= 0:
-            return None
-        return float(self.mass @ GRID_CENTRES) / total
+        if "mean" not in self._stats:
+            total = self.total
+            self._stats["mean"] = float(self.mass @ GRID_CENTRES) / total if total > 0 else None
+        return self._stats["mean"]
 
     def share_above(self, x: float) -> float | None:
-        total = self.total
+        cum = self._cumulative()
+        total = float(cum[-1])
         if total <= 0:
             return None
-        cum = np.concatenate(([0.0], np.cumsum(self.mass)))
-        at_most = float(np.interp(math.log(max(x, 1e-12)), np.log(GRID_EDGES), cum))
+        at_most = float(np.interp(math.log(max(x, 1e-12)), LOG_EDGES, cum))
         return max(0.0, 1.0 - at_most / total)
 
     def to_list(self) -> list[float]:
