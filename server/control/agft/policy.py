@@ -377,15 +377,13 @@ class AgftPolicy(Policy):
                 over.append(f"{share:.0%} of {what} over {limit * 1e3:.0f} ms")
         return "; ".join(over) if over else None
 
-    def _track_ttft_tail(self, hist: HistogramDelta | None, mean: float) -> float:
-        """The window's p-th percentile TTFT (from its histogram), tracking percentile/mean."""
+    def _track_ttft_tail(self, hist: HistogramDelta | None, mean: float) -> None:
+        """Track the windows' p-th percentile over mean TTFT: the budget's ratio until the
+        pooled reference holds enough requests to give its own."""
         q = hist.quantile(self.slo.percentile / 100.0) if hist is not None else None
-        if q is None or q <= 0:
-            return mean * self._ttft_tail_ratio
-        if hist is not None and hist.count >= 10:
+        if q is not None and q > 0 and hist is not None and hist.count >= 10:
             ratio = max(1.0, q / mean)
             self._ttft_tail_ratio = 0.98 * self._ttft_tail_ratio + 0.02 * ratio
-        return max(q, mean)
 
     # ---- persistence --------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
