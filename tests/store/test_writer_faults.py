@@ -72,6 +72,18 @@ def _decision(instance_id: int, n: int, **extra: Any) -> dict[str, Any]:
     return row
 
 
+def _command(instance_id: int, n: int, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": f"c{n}",
+        "instance_id": instance_id,
+        "kind": "reset",
+        "reason": "t",
+        "issued_at": datetime.now(UTC),
+    }
+    row.update(extra)
+    return row
+
+
 def _count(factory: sessionmaker[Session], model: type[Any]) -> int:
     with factory() as db:
         return int(db.scalar(select(func.count()).select_from(model)) or 0)
@@ -278,15 +290,7 @@ async def test_acks_of_a_batch_are_one_update_and_all_land(
     now = datetime.now(UTC)
     try:
         for n in range(40):
-            writer.add_command(
-                {
-                    "id": f"c{n}",
-                    "instance_id": instance_id,
-                    "kind": "reset",
-                    "reason": "t",
-                    "issued_at": now,
-                }
-            )
+            writer.add_command(_command(instance_id, n))
         for n in range(40):
             writer.add_ack(
                 {
@@ -313,19 +317,21 @@ async def test_locks_and_resets_in_one_batch_are_written_together(
     instance_id = _instance(factory)
     writer = BatchWriter(factory, batch_max=500, interval_s=0.05)
     writer.start()
-    now = datetime.now(UTC)
     try:
         for n in range(30):
-            row: dict[str, Any] = {
-                "id": f"c{n}",
-                "instance_id": instance_id,
-                "kind": "reset" if n % 3 == 0 else "lock",
-                "reason": "t",
-                "issued_at": now,
-            }
-            if n % 3:
-                row.update(min_sm_clock_mhz=345, max_sm_clock_mhz=1500, lease_s=5.0)
-            writer.add_command(row)
+            if n % 3 == 0:
+                writer.add_command(_command(instance_id, n))
+            else:
+                writer.add_command(
+                    _command(
+                        instance_id,
+                        n,
+                        kind="lock",
+                        min_sm_clock_mhz=345,
+                        max_sm_clock_mhz=1500,
+                        lease_s=5.0,
+                    )
+                )
         await asyncio.wait_for(writer.flush(), 10)
     finally:
         await writer.stop()

@@ -113,11 +113,7 @@ class AgftPolicy(Policy):
             base = self._last_choice
         serving = observation.serving
         over = self._learn(
-            context,
-            in_force,
-            f_max,
-            energy / max(observation.duration_s, 1e-6),
-            serving,
+            context, in_force, f_max, energy / max(observation.duration_s, 1e-6), serving
         )
         self._windows += 1
         waiting = serving.num_requests_waiting or 0.0

@@ -209,9 +209,7 @@ class TtftPromises:
     def tail_ratio(self, q: float) -> float | None:
         """Requests' q-quantile over their mean, in the reference: what turns a limit on
         the percentile into one on a window's mean latency (the models' quantity)."""
-        if self.reference.total < 20:
-            return None
-        quantile, mean = self.reference.quantile(q), self.reference.mean()
+        quantile, mean = self.default_quantile(q), self.reference.mean()
         if quantile is None or mean is None or mean <= 0:
             return None
         return max(1.0, quantile / mean)

@@ -15,8 +15,8 @@ class AgftTunables:
     # +9.9-12.5 % p90 TTFT over seeds 0-3; at 3 %, +7.7-9.8 %; docs/CONTROLLER.md).
     max_slowdown: float | None = 0.03  # relative p-th percentile budget vs default clocks
     # The share of requests that may newly miss the TTFT objective against default clocks
-    # (None: only the per-window miss rule guards attainment). Half the promised point,
-    # as max_slowdown aims at half the promised slowdown.
+    # (None: only the per-window miss rule guards attainment): half the promised point
+    # (server/slo/controllers.py ATTAINMENT_AIM).
     attainment_loss: float | None = 0.005
     budget_margin: float = 1.0  # aim this far inside the budget
     grid_step_mhz: int = 30
