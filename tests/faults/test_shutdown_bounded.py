@@ -32,7 +32,9 @@ async def test_sigterm_with_a_locked_database_exits_and_spills(tmp_path: Path) -
         with server_process(url, http_port, grpc_port, **env) as proc:
             await eventually(lambda: agent.windows_sent >= 3, 20, "windows flowing")
             # Another process holds the database: every write now fails as "locked".
-            holder = sqlite3.connect(db_path, timeout=0)
+            # (It waits out a write the server has in flight: with no wait, one landing
+            # at this instant made the test itself fail on "locked".)
+            holder = sqlite3.connect(db_path, timeout=10)
             holder.execute("BEGIN EXCLUSIVE")
             try:
                 sent = agent.windows_sent
