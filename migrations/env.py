@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from sqlalchemy import text
 
 from server.store.database import make_engine, normalise_url
 from server.store.models import Base
 
 config = context.config
+# An arbitrary key naming "AGFT migrates" among PostgreSQL advisory locks.
+MIGRATION_LOCK = 0x41474654
 target_metadata = Base.metadata
 
 
@@ -42,6 +45,10 @@ def run_migrations_online() -> None:
         # render_as_batch: SQLite cannot ALTER most things in place.
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait here and
+                # then find the schema at head (the lock lasts the transaction).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
     engine.dispose()
 

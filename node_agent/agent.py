@@ -3,6 +3,8 @@
 One long-lived gRPC stream to the server. Reconnects with capped, jittered backoff
 and sends Hello again. Leases are enforced locally whatever the link does: if the
 server goes quiet, lowered clocks go back to default when their lease runs out.
+Windows are measured whatever the link does too, and kept until the server says they
+are stored (`resend.py`): a reconnect sends again what a dead server never stored.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import socket
 import threading
 import time
@@ -29,6 +32,7 @@ from node_agent.config import AgentConfig, ConfigError
 from node_agent.gpu.base import GpuBackend, GpuError
 from node_agent.link_security import auth_metadata, open_channel
 from node_agent.reflex import FastLoop
+from node_agent.resend import ResendBuffer
 from node_agent.serving.scraper import ServingScraper
 from node_agent.window import GpuWindowSampler
 
@@ -73,10 +77,20 @@ class Agent:
         self.sessions_started = 0
         self.acks_sent = 0
         self.windows_sent = 0
+        self.windows_measured = 0
+        # This process's windows are numbered under a boot id of its own, so a server
+        # can tell a window sent again from a new one, and a restarted agent from both.
+        self.boot_id = secrets.randbits(63) or 1
+        self.resend = ResendBuffer(max(1, math.ceil(config.resend_buffer_s / config.window_s)))
+        self._send: Callable[..., None] | None = None  # the live stream's, if any
+        self._new_window = asyncio.Event()
         self.control_status_sent = 0
         self.errors_received: list[pb.Error] = []
         self._stopping = asyncio.Event()
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        # Replicas to try in turn: a session that fails moves on to the next address.
+        self._servers = config.servers
+        self._server_index = 0
         # Each GPU's monitor-only reason as this session's server last heard it.
         self._reported: dict[int, str] = {}
         self._inventories: dict[int, pb.Gpu] = {}
@@ -101,7 +115,9 @@ class Agent:
             )
             self._fast_thread.start()
         lease_task = asyncio.create_task(self._enforce_leases(), name="agft-leases")
-        link_task = asyncio.create_task(self._run_link(), name="agft-link")
+        http = httpx.AsyncClient()
+        measure_task = asyncio.create_task(self._measure_forever(http), name="agft-windows")
+        link_task = asyncio.create_task(self._link_loop(http), name="agft-link")
         why = "agent stopping"
         try:
             await asyncio.wait({lease_task, link_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,18 +129,15 @@ class Agent:
                 raise SafetyLoopError(why) from err
             link_task.result()
         finally:
-            for task in (link_task, lease_task):
+            for task in (link_task, measure_task, lease_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await http.aclose()
             self._fast_stop.set()
             if self._fast_thread is not None:
                 await asyncio.to_thread(self._fast_thread.join, 5.0)
             await asyncio.to_thread(self.clocks.reset_all, why)
-
-    async def _run_link(self) -> None:
-        async with httpx.AsyncClient() as http:
-            await self._link_loop(http)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -139,6 +152,11 @@ class Agent:
                 raise RuntimeError("the fast loop's thread ended")
             await asyncio.sleep(self.config.lease_check_s)
 
+    @property
+    def server(self) -> str:
+        """The address this agent talks to now (or tries next)."""
+        return self._servers[self._server_index % len(self._servers)]
+
     async def _link_loop(self, http: httpx.AsyncClient) -> None:
         # Only FatalLinkError or ConfigError (or cancellation) ends this loop: whatever
         # else one session raises is logged and retried, so the agent never stops quietly.
@@ -150,14 +168,19 @@ class Agent:
             except grpc.aio.AioRpcError as err:
                 if err.code() in FATAL_CODES:
                     raise FatalLinkError(f"server refused us: {err.details()}") from err
-                log.warning("link to %s lost: %s %s", self.config.server, err.code(), err.details())
+                log.warning("link to %s lost: %s %s", self.server, err.code(), err.details())
             except (TimeoutError, OSError) as err:
-                log.warning("link to %s failed: %s", self.config.server, err)
+                log.warning("link to %s failed: %s", self.server, err)
             except Exception:
-                log.exception("session with %s failed unexpectedly", self.config.server)
+                log.exception("session with %s failed unexpectedly", self.server)
             self.connected.clear()
             if self._stopping.is_set():
                 break
+            if len(self._servers) > 1:
+                self._server_index += 1  # that replica is gone or refuses us: the next
+                if self._server_index % len(self._servers):
+                    # Straight on to another replica; once round them all, back off.
+                    continue
             delay = self._backoff.next_delay()
             log.info("reconnecting in %.2f s", delay)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -167,20 +190,43 @@ class Agent:
     async def _session(self, http: httpx.AsyncClient) -> bool:
         outbox: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         seq = 0
+        welcomed = False
 
         def send(**body: object) -> None:
             nonlocal seq
             seq += 1
             outbox.put_nowait(pb.AgentMessage(seq=seq, **body))  # type: ignore[arg-type]
+            self._new_window.set()  # wakes requests() as a new window does
 
         async def requests() -> AsyncIterator[pb.AgentMessage]:
+            nonlocal seq
+            sent_through = 0  # the newest window seq this stream has sent
             while True:
-                msg = await outbox.get()
-                if msg is None:
-                    return
-                yield msg
+                self._new_window.clear()
+                if not outbox.empty():
+                    msg = outbox.get_nowait()
+                    if msg is None:
+                        return
+                    yield msg
+                    continue
+                entry = self.resend.next_after(max(sent_through, self.resend.stored_through))
+                if welcomed and entry is not None:
+                    # Pulled one at a time as gRPC can send: a server that stops reading
+                    # (its database behind) holds windows here, counted and bounded,
+                    # instead of in an unbounded queue.
+                    sent_through = entry.seq
+                    telemetry = entry.telemetry
+                    if entry.session != self.sessions_started:
+                        telemetry = pb.Telemetry()
+                        telemetry.CopyFrom(entry.telemetry)
+                        telemetry.replayed = True
+                    seq += 1
+                    yield pb.AgentMessage(seq=seq, telemetry=telemetry)
+                    self.windows_sent += len(telemetry.windows)
+                    continue
+                await self._new_window.wait()
 
-        async with open_channel(self.config) as channel:
+        async with open_channel(self.config, self.server) as channel:
             stub = pb_grpc.AgentLinkStub(channel)
             send(hello=await asyncio.to_thread(self._hello))
             call = stub.Connect(requests(), metadata=auth_metadata(self.config))
@@ -188,21 +234,29 @@ class Agent:
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 raise OSError("server did not answer Hello with Welcome")
             self._welcomed(first.welcome)
+            self.resend.stored(first.welcome.stored_through_seq)
+            welcomed = True
+            self._send = send
+            self._new_window.set()
             self.connected.set()
-            log.info("connected to %s as %s", self.config.server, self.config.node_id)
-            windows = asyncio.create_task(self._window_loop(http, send), name="agft-windows")
+            log.info(
+                "connected to %s as %s (%d windows to send again)",
+                self.server,
+                self.config.node_id,
+                len(self.resend),
+            )
             stopper = asyncio.create_task(self._stopping.wait())
             try:
                 reader = asyncio.create_task(self._read_commands(call, send))
-                done, _ = await asyncio.wait(
-                    {reader, windows, stopper}, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task is not stopper:
                         task.result()  # re-raise what ended the session
             finally:
+                self._send = None
                 outbox.put_nowait(None)
-                for task in (windows, stopper, reader):
+                self._new_window.set()
+                for task in (stopper, reader):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                         await task
@@ -222,6 +276,10 @@ class Agent:
                 self._report_control(send)  # a refusal may have taken a GPU out of control
             elif kind == "reset_clocks":
                 ack = await asyncio.to_thread(self.clocks.reset_clocks, msg.reset_clocks)
+            elif kind == "stored":
+                if msg.stored.boot_id == self.boot_id:
+                    self.resend.stored(msg.stored.through_seq)
+                continue
             elif kind == "error":
                 self.errors_received.append(msg.error)
                 log.warning(
@@ -237,7 +295,21 @@ class Agent:
             send(ack=ack)
             self.acks_sent += 1
 
-    async def _window_loop(self, http: httpx.AsyncClient, send: Callable[..., None]) -> None:
+    async def _measure_forever(self, http: httpx.AsyncClient) -> None:
+        """Measure windows for the agent's whole life, connected or not.
+
+        Never ends quietly: whatever one run of the loop raises is logged, and measuring
+        starts again (with fresh baselines) a window later."""
+        while True:
+            try:
+                await self._window_loop(http)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("measuring windows failed; starting again")
+            await asyncio.sleep(self.window_s)
+
+    async def _window_loop(self, http: httpx.AsyncClient) -> None:
         scrapers = {
             i.name: ServingScraper(
                 i.metrics_url,
@@ -263,7 +335,8 @@ class Agent:
             start, end, gpu_windows = await asyncio.to_thread(sampler.sample)
             if sampler.unavailable:
                 await asyncio.to_thread(self._lost, dict(sampler.unavailable))
-                self._report_control(send)
+                if self._send is not None:  # else the next Hello says it
+                    self._report_control(self._send)
             serving = await asyncio.gather(*(s.next_window() for s in scrapers.values()))
             telemetry = pb.Telemetry()
             for inst, serving_window in zip(self.config.instances, serving, strict=True):
@@ -280,8 +353,9 @@ class Agent:
                         reflex=reflex,
                     )
                 )
-            send(telemetry=telemetry)
-            self.windows_sent += len(telemetry.windows)
+            self.resend.add(telemetry, self.sessions_started)
+            self.windows_measured += len(telemetry.windows)
+            self._new_window.set()
 
     # ---- what the server sends that the agent bounds ----------------------------------
     def _welcomed(self, welcome: pb.Welcome) -> None:
@@ -386,6 +460,7 @@ class Agent:
                 log.warning("GPU %d current clocks unknown: %s", index, err)
             gpus.append(gpu)
         return pb.Hello(
+            boot_id=self.boot_id,
             node_id=self.config.node_id,
             agent_version=__version__,
             hostname=socket.gethostname(),

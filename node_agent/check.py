@@ -354,16 +354,17 @@ def _auth_section(p: _Printer, config: AgentConfig, result: CheckResult) -> None
     )
     if config.tls_ca_file is None:
         # The agent's own rule (node_agent.link_security): plaintext only to loopback.
-        if not is_loopback(config.server) and config.allow_plaintext:
-            p.row("TLS", f"off: plaintext to {config.server} (allow_plaintext = true)")
+        remote = ", ".join(a for a in config.servers if not is_loopback(a))
+        if remote and config.allow_plaintext:
+            p.row("TLS", f"off: plaintext to {remote} (allow_plaintext = true)")
             result.warnings.append(
-                f"TLS is off towards {config.server}: the node token crosses the network in "
+                f"TLS is off towards {remote}: the node token crosses the network in "
                 "clear (allow_plaintext); use tls_ca_file unless the network is wholly trusted"
             )
-        elif not is_loopback(config.server):
-            p.row("TLS", f"FAILED: off, and {config.server} is not on loopback")
+        elif remote:
+            p.row("TLS", f"FAILED: off, and {remote} is not on loopback")
             result.problems.append(
-                f"TLS is off and the server {config.server} is not on loopback: the agent "
+                f"TLS is off and the server {remote} is not on loopback: the agent "
                 "will not send its token in clear; set tls_ca_file (the server's CA)"
             )
         else:
@@ -389,24 +390,29 @@ def _auth_section(p: _Printer, config: AgentConfig, result: CheckResult) -> None
 
 
 def _server_section(p: _Printer, config: AgentConfig, result: CheckResult) -> None:
-    host, sep, port = config.server.rpartition(":")
+    for address in config.servers:
+        _try_server(p, address, result)
+
+
+def _try_server(p: _Printer, address: str, result: CheckResult) -> None:
+    host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "/" in host:
-        p.row("server", f"{config.server} (not host:port: not tried)")
+        p.row("server", f"{address} (not host:port: not tried)")
         return
     start = time.monotonic()
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
             pass
     except OSError as err:
-        p.row("server", f"{config.server}: TCP connection failed: {err.strerror or err}")
+        p.row("server", f"{address}: TCP connection failed: {err.strerror or err}")
         result.warnings.append(
-            f"server {config.server} does not accept connections ({err.strerror or err}); "
+            f"server {address} does not accept connections ({err.strerror or err}); "
             "the agent retries until it does"
         )
         return
     p.row(
         "server",
-        f"{config.server}: TCP connection ok in {(time.monotonic() - start) * 1000:.1f} ms\n"
+        f"{address}: TCP connection ok in {(time.monotonic() - start) * 1000:.1f} ms\n"
         "(the gRPC stream and the token are tried by --observe-s N)",
     )
 

@@ -71,6 +71,9 @@ class AgentConfig:
     max_lease_s: float = 60.0
     min_window_s: float = 0.1
     max_window_s: float = 60.0
+    # How long an outage the agent rides out without losing a window: the windows the
+    # server has not said are stored are kept (up to this much of them) and sent again.
+    resend_buffer_s: float = 900.0
     # Authentication to the server: the per-node token (`agft node-token create NODE`),
     # given inline (env AGFT_AGENT_TOKEN) or, better, as a file readable by the agent only.
     token: str | None = field(default=None, repr=False)
@@ -85,6 +88,12 @@ class AgentConfig:
     # Plaintext to a server off loopback, tokens in clear: only for a network you trust
     # wholly (a private container network, a lab). Off by default.
     allow_plaintext: bool = False
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The server addresses to try, in order: replicas sharing one database, given
+        as a comma-separated list (or one address, load-balanced or not)."""
+        return tuple(a.strip() for a in self.server.split(",") if a.strip())
 
     def __post_init__(self) -> None:
         names = [i.name for i in self.instances]
@@ -118,6 +127,7 @@ DURATION_KEYS = (
     "max_lease_s",
     "min_window_s",
     "max_window_s",
+    "resend_buffer_s",
 )
 TEXT_KEYS = ("server", "node_id")
 OPTIONAL_TEXT_KEYS = (
@@ -573,7 +583,8 @@ def load_config(
         else:
             values[key] = _text(value, loc)
     if "server" in values:
-        _server(str(values["server"]), origins["server"].at("server"))
+        for address in str(values["server"]).split(","):
+            _server(address.strip(), origins["server"].at("server"))
 
     def get(key: str) -> Any:
         return values[key] if key in values else getattr(defaults, key)

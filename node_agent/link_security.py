@@ -58,18 +58,21 @@ def auth_metadata(config: AgentConfig) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {node_token(config)}"),)
 
 
-def open_channel(config: AgentConfig) -> grpc.aio.Channel:
-    """A TLS channel when a CA is configured; plaintext only to a loopback server."""
+def open_channel(config: AgentConfig, address: str | None = None) -> grpc.aio.Channel:
+    """A TLS channel when a CA is configured; plaintext only to a loopback server.
+
+    address: one of config.servers (default: the first)."""
+    address = address or config.servers[0]
     if config.tls_ca_file is None:
         if config.tls_cert_file or config.tls_key_file:
             raise ConfigError("tls_cert_file/tls_key_file need tls_ca_file (the server's CA)")
-        if not is_loopback(config.server) and not config.allow_plaintext:
+        if not is_loopback(address) and not config.allow_plaintext:
             raise ConfigError(
-                f"server {config.server} is not on loopback: set tls_ca_file so the stream "
+                f"server {address} is not on loopback: set tls_ca_file so the stream "
                 "(and the node token on it) is encrypted and the server is verified "
                 "(allow_plaintext = true only on a network you trust wholly)"
             )
-        return grpc.aio.insecure_channel(config.server)
+        return grpc.aio.insecure_channel(address)
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("mutual TLS needs both tls_cert_file and tls_key_file")
     credentials = grpc.ssl_channel_credentials(
@@ -82,4 +85,4 @@ def open_channel(config: AgentConfig) -> grpc.aio.Channel:
     options: list[tuple[str, str]] = []
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-    return grpc.aio.secure_channel(config.server, credentials, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lease_s=settings.lease_s,
             server_version=server_version(),
             state_save_interval_s=settings.state_save_interval_s,
+            node_lease_s=settings.node_lease_s,
         )
         await fleet.load_control()
         fleet.start()
@@ -158,6 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         port = bind_grpc(grpc_server, settings)
         if port == 0:
             raise RuntimeError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
+        # Named once the port is known: a restarted server on the same host and port takes
+        # its own nodes back at once instead of waiting their leases out.
+        fleet.ownership.replica_id = settings.replica_id or f"{socket.gethostname()}:{port}"
         await grpc_server.start()
         for name in ("", SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -75,6 +75,19 @@ class Settings(BaseSettings):
         default="agft-unwritten.jsonl",
         description="rows still unwritten at shutdown are appended here (empty: log only)",
     )
+    replica_id: str | None = Field(
+        default=None,
+        max_length=255,
+        description="this server's name among replicas sharing one database (unset: "
+        "host:grpc_port, so a restarted server takes its own nodes back at once)",
+    )
+    node_lease_s: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=60.0,
+        description="how long a replica's hold on a node lasts unrenewed: the longest "
+        "another replica waits to take over the nodes of one that died",
+    )
     state_save_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="how often learned states are saved"
     )

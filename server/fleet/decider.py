@@ -117,8 +117,36 @@ def decide_window(
     _remember(runtime, obs, decision, now)
     if runtime.front_door and obs.serving is not None and obs.serving.ttft_s is not None:
         runtime.reflex.observe(obs.serving.ttft_s.mean())  # the fast loop's hold
+    row = _decision_row(runtime, obs, decision, now, command_row, default_energy_j)
+    return Outcome(obs, decision, command, row, command_row, default_energy_j)
+
+
+REPLAYED_REASON = "sent again after a reconnect: recorded, not decided (its moment passed)"
+
+
+def record_window(runtime: InstanceRuntime, window: pb.InstanceWindow, *, now: datetime) -> Outcome:
+    """A window sent again after a reconnect (or measured while no server was reachable):
+    stored as measured, with its default-clock energy, but nobody decides on it. A
+    command made from it would be stale, and one already sent for it must not be applied
+    twice; the controller does not learn from it, as it learnt from it once already or
+    the window is older than what it holds. Raises InvalidMessageError on bad input."""
+    obs = validation.observation(window, runtime.gpu_indices)
+    decision = ClockDecision(None, REPLAYED_REASON, window_features(obs))
+    default_energy_j = _default_energy(runtime, obs, _features(obs), steady=False)
+    row = _decision_row(runtime, obs, decision, now, None, default_energy_j)
+    return Outcome(obs, decision, None, row, None, default_energy_j)
+
+
+def _decision_row(
+    runtime: InstanceRuntime,
+    obs: Observation,
+    decision: ClockDecision,
+    now: datetime,
+    command_row: dict[str, Any] | None,
+    default_energy_j: float | None,
+) -> dict[str, Any]:
     serving = obs.serving
-    row = {
+    return {
         "instance_id": runtime.instance_id,
         "decided_at": now,
         "window_start": _ts(obs.window_start_s),
@@ -139,9 +167,8 @@ def decide_window(
         "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
         "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
         "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
+        "default_energy_j": default_energy_j,
     }
-    row["default_energy_j"] = default_energy_j
-    return Outcome(obs, decision, command, row, command_row, default_energy_j)
 
 
 def _controller_decision(runtime: InstanceRuntime, obs: Observation) -> ClockDecision:

@@ -38,4 +38,5 @@ def inventory_of(hello: pb.Hello) -> NodeInventory:
             )
             for i in hello.instances
         ),
+        boot_id=hello.boot_id,
     )

@@ -111,6 +111,7 @@ class AgentSession:
     # Command id -> when the telemetry that caused it was read (perf_counter), until the
     # command leaves through gRPC: the decision latency /metrics reports.
     born: dict[str, float] = field(default_factory=dict)
+    boot_id: int = 0  # the agent process's (Hello.boot_id; 0: it numbers no windows)
 
     def touch(self) -> None:
         self.last_message_at = time.monotonic()

@@ -19,8 +19,9 @@ from server.auth.store import TokenInfo, revoked_among
 from server.control.policy import ClockArms
 from server.energy.estimator import ESTIMATOR_STATE
 from server.fleet import validation
-from server.fleet.decider import command_now, decide_window
+from server.fleet.decider import command_now, decide_window, record_window
 from server.fleet.inventory import inventory_of
+from server.fleet.ownership import NodeOwnership, NodeRefusedError
 from server.fleet.runtime import AgentSession, InstanceRuntime
 from server.fleet.stats import CommandLatency, DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
@@ -41,15 +42,6 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "the server failed to handle this message; the details are in its log"
 
 
-class NodeRefusedError(Exception):
-    """Hello from a node this stream may not speak for; code is a grpc.StatusCode name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class FleetService:
     def __init__(
         self,
@@ -62,10 +54,14 @@ class FleetService:
         server_version: str,
         state_save_every: int = 30,
         state_save_interval_s: float = 5.0,
+        replica_id: str = "local",
+        node_lease_s: float = 5.0,
     ) -> None:
         self.state_save_every = state_save_every
         self.state_save_interval_s = state_save_interval_s
         self._saver: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self.ownership = NodeOwnership(factory, replica_id, node_lease_s)
         self._factory = factory
         self._writer = writer
         self.steering = Steering(factory, default_spec)
@@ -78,6 +74,12 @@ class FleetService:
         self.totals: dict[int, InstanceTotals] = {}  # for /metrics, across reconnects
         self.decide_times = DecideTimes()
         self.command_latency = CommandLatency()
+        # node id -> (agent boot id, newest window_seq taken in by this process): a
+        # window sent again after a reconnect is recognised and not taken twice.
+        self.windows_taken: dict[str, tuple[int, int]] = {}
+        self.windows_skipped = 0  # sent again, already taken
+        self._node_ids: dict[int, str] = {}  # node pk -> node id, for the stored marks
+        writer.on_stored = self._windows_stored
 
     # ---- background work -------------------------------------------------------------
     async def load_control(self) -> None:
@@ -86,14 +88,40 @@ class FleetService:
 
     def start(self) -> None:
         self._saver = asyncio.create_task(self._save_states_periodically(), name="agft-states")
+        self._renewer = asyncio.create_task(self._renew_node_leases(), name="agft-node-leases")
 
     async def stop(self) -> None:
-        if self._saver is not None:
-            self._saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._saver
-            self._saver = None
+        for task in (self._saver, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._saver = self._renewer = None
         self.save_all_states()
+
+    async def _renew_node_leases(self) -> None:
+        """Renew every live node's lease; stop deciding for the nodes this replica lost.
+
+        Never dies quietly: a failed renewal is logged and retried; once none has
+        succeeded for a whole lease, another replica may hold our nodes, so every stream
+        is closed (its agent reconnects, to whichever replica can take it)."""
+        while True:
+            await asyncio.sleep(self.ownership.renew_every_s)
+            live = list(self.sessions)
+            try:
+                held = await self.ownership.renew(live)
+            except Exception as err:
+                log.warning("renewing %d node leases failed: %s", len(live), err)
+                if self.ownership.renewal_overdue():
+                    log.error("no node lease renewed for a whole lease: closing every stream")
+                    for session in list(self.sessions.values()):
+                        session.close()
+                continue
+            for node_id in live:
+                lost = self.sessions.get(node_id)
+                if node_id not in held and lost is not None:
+                    log.error("node %s: its lease was taken by another replica; closing", node_id)
+                    lost.close()
 
     async def _save_states_periodically(self) -> None:
         # A crash (SIGKILL, power loss) must cost at most one interval of learning, not
@@ -182,6 +210,7 @@ class FleetService:
         validation.check_hello(hello)
         if token is not None:
             self._check_owner(hello, token, peer)
+        await self.ownership.take(hello.node_id)
         registered = await asyncio.to_thread(register_node, self._factory, inventory_of(hello))
         gpus = {g.index: g for g in hello.gpus}
         instances: dict[str, InstanceRuntime] = {}
@@ -218,8 +247,17 @@ class FleetService:
             # The old stream went quiet (checked above): the reconnected agent wins.
             previous.close()
         self.sessions[hello.node_id] = session
+        self._node_ids[registered.node_pk] = hello.node_id
         for runtime in instances.values():
             self.live[runtime.instance_id] = (session, runtime)
+        session.boot_id = hello.boot_id
+        taken = self.windows_taken.get(hello.node_id)
+        # Taken by this process but maybe not committed yet (the old stream's windows
+        # still in the writer's queue): those are not taken again, and Stored follows.
+        through = registered.windows_stored_seq
+        if taken is not None and taken[0] == hello.boot_id:
+            through = max(through, taken[1])
+        self.windows_taken[hello.node_id] = (hello.boot_id, through)
         session.send(
             pb.ServerMessage(
                 welcome=pb.Welcome(
@@ -227,6 +265,7 @@ class FleetService:
                     window_s=self.window_s,
                     lease_s=self.lease_s,
                     server_version=self.server_version,
+                    stored_through_seq=registered.windows_stored_seq,
                 )
             )
         )
@@ -242,6 +281,7 @@ class FleetService:
                 if self.live.get(runtime.instance_id, (None, None))[0] is session:
                     del self.live[runtime.instance_id]
             await asyncio.to_thread(mark_disconnected, self._factory, session.node_pk)
+            await self.ownership.give_back([session.node_id])
         log.info("agent %s disconnected", session.node_id)
 
     async def _restore_states(
@@ -345,6 +385,14 @@ class FleetService:
         """read_at: perf_counter when the message came off the stream (default: now)."""
         now = datetime.now(UTC)
         read_at = time.perf_counter() if read_at is None else read_at
+        window_seq = telemetry.window_seq if session.boot_id else 0
+        if window_seq:
+            boot, taken = self.windows_taken.get(session.node_id, (session.boot_id, 0))
+            if boot == session.boot_id and window_seq <= taken:
+                # Sent again after a reconnect and already taken: deciding it again
+                # would apply its decision twice, storing it again would count it twice.
+                self.windows_skipped += len(telemetry.windows)
+                return
         for window in telemetry.windows:
             runtime = session.instances.get(window.instance)
             try:
@@ -355,7 +403,10 @@ class FleetService:
                         f"known: {sorted(session.instances)}",
                     )
                 started = time.perf_counter()
-                outcome = decide_window(runtime, window, now=now, lease_s=self.lease_s)
+                if telemetry.replayed:
+                    outcome = record_window(runtime, window, now=now)
+                else:
+                    outcome = decide_window(runtime, window, now=now, lease_s=self.lease_s)
             except InvalidMessageError as err:
                 session.send(self.error(seq, err.code, err.message))
                 continue
@@ -379,6 +430,23 @@ class FleetService:
             totals.decisions += 1
             if runtime.decisions % self.state_save_every == 0:
                 self._save_state(runtime)
+        if window_seq:
+            # Rejected windows count as taken too: sending them again cannot help.
+            self.windows_taken[session.node_id] = (session.boot_id, window_seq)
+            self._writer.add_stored_mark(session.node_pk, session.boot_id, window_seq)
+
+    def _windows_stored(self, marks: list[dict[str, object]]) -> None:
+        """The writer committed windows: tell each agent, so it can drop them."""
+        newest: dict[int, tuple[int, int]] = {}
+        for mark in marks:
+            pk, boot, seq = mark["id"], mark["agent_boot_id"], mark["windows_stored_seq"]
+            assert isinstance(pk, int) and isinstance(boot, int) and isinstance(seq, int)
+            if seq > newest.get(pk, (boot, 0))[1]:
+                newest[pk] = (boot, seq)
+        for pk, (boot, seq) in newest.items():
+            session = self.sessions.get(self._node_ids.get(pk, ""))
+            if session is not None and session.boot_id == boot:
+                session.send(pb.ServerMessage(stored=pb.Stored(boot_id=boot, through_seq=seq)))
 
     def _save_state(self, runtime: InstanceRuntime) -> None:
         if runtime.decisions == 0:

@@ -18,8 +18,9 @@ from google.protobuf.message import DecodeError
 from agft.v1 import agent_pb2 as pb
 from server.auth.store import AuthError, TokenInfo, verify
 from server.auth.tokens import bearer
+from server.fleet.ownership import NodeRefusedError
 from server.fleet.runtime import AgentSession
-from server.fleet.service import INTERNAL_ERROR, FleetService, NodeRefusedError
+from server.fleet.service import INTERNAL_ERROR, FleetService
 from server.fleet.validation import InvalidMessageError
 
 log = logging.getLogger(__name__)

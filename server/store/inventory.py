@@ -38,6 +38,8 @@ class NodeInventory:
     agent_version: str
     gpus: tuple[GpuInventory, ...]
     instances: tuple[InstanceInventory, ...]
+    # The agent process speaking (0: an agent that numbers no windows).
+    boot_id: int = 0
 
     def monitor_only_reason(self, instance: InstanceInventory) -> str:
         """Why the instance's GPUs cannot be locked, GPU by GPU (empty: they can)."""

@@ -49,6 +49,11 @@ class Node(Base):
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The agent process (its boot id) whose windows are stored through windows_stored_seq:
+    # written in the same transaction as those windows, so a restarted server tells a
+    # reconnecting agent exactly which of its buffered windows it still has to send.
+    agent_boot_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    windows_stored_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Gpu(Base):
@@ -252,3 +257,19 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(255))  # e.g. slo_policy 3, instance 7
     before: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+
+
+class NodeLease(Base):
+    """Which server replica controls a node's instances, until when.
+
+    Renewed by its replica every third of the lease; another replica takes a node only
+    once its lease has run out, so two replicas never decide for one GPU. Times are the
+    replicas' clocks (kept within a fraction of the lease by NTP).
+    """
+
+    __tablename__ = "node_leases"
+
+    node_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    replica_id: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -25,6 +25,8 @@ class RegisteredInstance:
 class Registered:
     node_pk: int
     instances: dict[str, RegisteredInstance]
+    # The newest window of this boot of the agent already stored (0: none).
+    windows_stored_seq: int = 0
 
     @property
     def instance_ids(self) -> dict[str, int]:
@@ -83,7 +85,10 @@ def register_node(factory: sessionmaker[Session], hello: NodeInventory) -> Regis
                 mode=irow.mode or "auto",
                 pinned_sm_clock_mhz=irow.pinned_sm_clock_mhz,
             )
-        return Registered(node_pk=node.id, instances=registered)
+        stored = 0
+        if hello.boot_id and node.agent_boot_id == hello.boot_id:
+            stored = node.windows_stored_seq or 0
+        return Registered(node_pk=node.id, instances=registered, windows_stored_seq=stored)
 
 
 def set_monitor_only(factory: sessionmaker[Session], reasons: dict[int, str | None]) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any, cast
 from sqlalchemy import Table, exc, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.store.models import ClockCommand, Decision, PersistFailure
+from server.store.models import ClockCommand, Decision, Node, PersistFailure
 from server.store.policy_states import upsert_policy_states
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ log = logging.getLogger(__name__)
 _COMMANDS = cast(Table, ClockCommand.__table__)
 _DECISIONS = cast(Table, Decision.__table__)
 
-# Order of writing: decisions and acks refer to commands.
-KINDS = ("command", "decision", "ack", "policy_state")
+# Order of writing: decisions and acks refer to commands; a node's stored mark comes
+# last, in the same transaction as the windows it vouches for.
+KINDS = ("command", "decision", "ack", "policy_state", "stored")
 Item = tuple[str, dict[str, Any]]
+# Told, on the event loop, the stored marks of each batch once it is committed.
+StoredListener = Callable[[list[dict[str, Any]]], None]
 
 
 def is_transient(err: BaseException) -> bool:
@@ -67,14 +71,24 @@ class _Batch:
     acks: list[dict[str, Any]] = field(default_factory=list)
     # Keyed by (instance_id, policy): only the newest state of a batch needs writing.
     policy_states: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    # Keyed by node: marks come in window order, so the last one holds.
+    stored: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.commands) + len(self.decisions) + len(self.acks) + len(self.policy_states)
+        return (
+            len(self.commands)
+            + len(self.decisions)
+            + len(self.acks)
+            + len(self.policy_states)
+            + len(self.stored)
+        )
 
     def add(self, item: Item) -> None:
         kind, row = item
         if kind == "policy_state":
             self.policy_states[(row["instance_id"], row["policy"])] = row
+        elif kind == "stored":
+            self.stored[row["id"]] = row
         else:
             {"command": self.commands, "decision": self.decisions, "ack": self.acks}[kind].append(
                 row
@@ -86,6 +100,7 @@ class _Batch:
             + [("decision", r) for r in self.decisions]
             + [("ack", r) for r in self.acks]
             + [("policy_state", r) for r in self.policy_states.values()]
+            + [("stored", r) for r in self.stored.values()]
         )
 
     @classmethod
@@ -133,8 +148,10 @@ class BatchWriter:
         stuck_after_s: float = 30.0,
         spill_path: Path | None = None,
         max_queued: int = 200_000,
+        on_stored: StoredListener | None = None,
     ) -> None:
         self._factory = factory
+        self.on_stored = on_stored
         self._batch_max = batch_max
         self._interval_s = interval_s
         self._retry_s = retry_s
@@ -171,6 +188,14 @@ class BatchWriter:
 
     def add_policy_state(self, row: dict[str, Any]) -> None:
         self._put("policy_state", row)
+
+    def add_stored_mark(self, node_pk: int, boot_id: int, through_seq: int) -> None:
+        """After a window's rows: once this is committed, so are they (the queue is FIFO
+        and every batch one transaction), and on_stored hears of it."""
+        self._put(
+            "stored",
+            {"id": node_pk, "agent_boot_id": boot_id, "windows_stored_seq": through_seq},
+        )
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         self._idle.clear()
@@ -281,10 +306,20 @@ class BatchWriter:
             self._in_flight = items
             await self._write_until_done(items)
             self._in_flight = []
+            self._tell_stored(items)
             for _ in items:
                 self._enqueued_at.popleft()
             if self._queue.empty():
                 self._idle.set()
+
+    def _tell_stored(self, items: list[Item]) -> None:
+        marks = [row for kind, row in items if kind == "stored" and not row.get("refused")]
+        if not marks or self.on_stored is None:
+            return
+        try:
+            self.on_stored(marks)
+        except Exception:  # the listener's trouble must not stop persistence
+            log.exception("telling agents what is stored failed")
 
     async def _write_until_done(self, items: list[Item]) -> None:
         delay = self._retry_s
@@ -335,6 +370,9 @@ class BatchWriter:
 
     def _set_aside(self, item: Item, err: BaseException) -> None:
         kind, row = item
+        if kind == "stored":
+            # Never vouch for windows on a mark that did not land: they are sent again.
+            row["refused"] = True
         error = f"{type(err).__name__}: {err}".replace("\x00", "\\0")[:1024]
         log.error("setting aside a %s row the database refuses: %s", kind, error)
         self.rows_set_aside += 1
@@ -371,3 +409,5 @@ class BatchWriter:
                 # One executemany UPDATE by primary key for the whole batch's acks.
                 db.execute(update(ClockCommand), rows)
             upsert_policy_states(db, list(batch.policy_states.values()))
+            if batch.stored:
+                db.execute(update(Node), list(batch.stored.values()))

@@ -99,7 +99,7 @@ def test_compose_publishes_on_loopback_and_writes_the_password_once() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert text.count("${POSTGRES_PASSWORD:-") == 1
     assert "agft:agft@" not in text
-    assert "server:50051" in compose["services"]["agent-sim-0"]["command"]
+    assert "dns:///agft-server:50051" in compose["services"]["agent-sim-0"]["command"]
     # Each simulated agent authenticates with the token the one-shot service made for it.
     for n in (0, 1):
         agent = compose["services"][f"agent-sim-{n}"]
@@ -154,3 +154,20 @@ def test_the_server_image_has_bench_and_runs_unprivileged() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", ".tools", ".git", "*.db", "docs/bench", ".mypy_cache"):
         assert entry in ignored, entry
+
+
+def test_compose_has_a_profile_of_two_replicas_behind_one_address() -> None:
+    (compose,) = yaml_docs(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    a, b = services["server"], services["server-b"]
+    assert b["profiles"] == ["replicas"] and "profiles" not in a  # the default runs one
+    # One database, a name each (leases name their holder), one address for the agents.
+    assert a["environment"]["AGFT_DATABASE_URL"] == b["environment"]["AGFT_DATABASE_URL"]
+    assert {a["environment"]["AGFT_REPLICA_ID"], b["environment"]["AGFT_REPLICA_ID"]} == {
+        "server-a",
+        "server-b",
+    }
+    for server in (a, b):
+        assert server["networks"]["default"]["aliases"] == ["agft-server"]
+        assert server["command"] == ["server"]
+    assert a["ports"] != b["ports"]

@@ -10,6 +10,7 @@ on a timer, so a kill costs at most a few seconds of it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import httpx
 from sqlalchemy import create_engine, func, select
 
 from server.auth.store import create_node_token
+from server.fleet.decider import REPLAYED_REASON
 from server.store.database import make_engine, make_session_factory, normalise_url
 from server.store.migrate import upgrade_to_head
 from server.store.models import Decision, PolicyState
@@ -134,7 +136,17 @@ async def test_a_sigkill_costs_at_most_a_few_seconds_of_learning(tmp_path: Path)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
                 with engine.connect() as db:
-                    total = db.scalar(select(func.count()).select_from(Decision)) or 0
+                    # Windows the agent sent again (measured while no server ran, or
+                    # decided and lost with the writer's queue) are stored as replayed,
+                    # never learned from: only decided rows count here.
+                    total = (
+                        db.scalar(
+                            select(func.count())
+                            .select_from(Decision)
+                            .where(Decision.reason != REPLAYED_REASON)
+                        )
+                        or 0
+                    )
                     state = db.scalar(select(PolicyState.state))
                 # The learner counts the windows it learned from, across restarts;
                 # decisions persisted beyond that count were learned and then lost.
@@ -148,5 +160,69 @@ async def test_a_sigkill_costs_at_most_a_few_seconds_of_learning(tmp_path: Path)
     )
     # States are saved every 1 s at 5 windows/s, and written within the writer's 0.2 s:
     # a kill costs at most about 1.4 s of windows (7), never the tens a 30-decision
-    # cadence lost.
-    assert all(0 <= n <= 8 for n in lost), lost
+    # cadence lost. Below zero by a few: windows learned and saved whose decision rows
+    # the kill took come back as replayed rows, which are not counted above.
+    assert all(-3 <= n <= 8 for n in lost), lost
+
+
+async def test_no_window_the_agent_measured_is_lost_to_sigkills(database_url: str) -> None:
+    """Two SIGKILLs mid-stream, each with the server down for a while: every window the
+    agent measured, before, during and after, is stored once (its writer's queue died
+    with the server; the agent sent those windows again from its buffer)."""
+    token = _token(database_url, "resend-node")
+    http_port, grpc_port = free_port(), free_port()
+    async with agent_at(f"127.0.0.1:{grpc_port}", "resend-node", token, instances=2) as ra:
+        agent = ra.agent
+        for trial in range(3):
+            with server_process(database_url, http_port, grpc_port) as proc:
+                measured = agent.windows_measured
+                await eventually(
+                    lambda m=measured: agent.windows_sent >= m + 10, 20, f"windows (trial {trial})"
+                )
+                if trial < 2:
+                    proc.send_signal(signal.SIGKILL)  # its writer's queue dies with it
+                    proc.wait(10)
+                    await asyncio.sleep(1.0)  # down: the agent keeps measuring
+                    continue
+                # The last server stays: wait until it has stored what was measured by now.
+                newest = agent.resend.last_seq
+                await eventually(
+                    lambda n=newest: agent.resend.stored_through >= n, 20, "the backlog stored"
+                )
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+        stored_through = agent.resend.stored_through
+    engine = create_engine(normalise_url(database_url))
+    try:
+        with engine.connect() as db:
+            rows = db.execute(
+                select(
+                    Decision.instance_id,
+                    Decision.window_start,
+                    Decision.window_end,
+                    Decision.reason,
+                ).order_by(Decision.instance_id, Decision.window_start)
+            ).all()
+    finally:
+        engine.dispose()
+    by_instance: dict[int, list[tuple[float, float]]] = {}
+    for instance_id, start, end, _reason in rows:
+        by_instance.setdefault(instance_id, []).append((start.timestamp(), end.timestamp()))
+    replayed = sum(1 for r in rows if r.reason == REPLAYED_REASON)
+    print(
+        f"windows stored per instance: {[len(w) for w in by_instance.values()]}, "
+        f"{replayed} of them sent again after a kill; stored through {stored_through}"
+    )
+    assert len(by_instance) == 2
+    for windows in by_instance.values():
+        # Every window measured up to the last one the server vouched for, exactly once:
+        # no two share a start, and each starts where the one before it ended.
+        assert len(windows) >= stored_through
+        assert len({start for start, _ in windows}) == len(windows), "a window stored twice"
+        gaps = [
+            (prev_end, start)
+            for (_, prev_end), (start, _) in itertools.pairwise(windows)
+            if abs(start - prev_end) > 1e-3
+        ]
+        assert gaps == [], f"windows lost between {gaps[:3]}"
+    assert replayed >= 2 * 2  # the outages' windows came through the buffer

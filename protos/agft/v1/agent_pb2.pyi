@@ -121,10 +121,15 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    BOOT_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """stable node identity (hostname unless configured)"""
     agent_version: _builtins.str
     hostname: _builtins.str
+    boot_id: _builtins.int
+    """New each time the agent process starts. With Telemetry.window_seq it names a window
+    across reconnects, so the server can say which are stored and skip one sent twice.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -137,10 +142,11 @@ class Hello(_message.Message):
         hostname: _builtins.str = ...,
         gpus: _abc.Iterable[Global___Gpu] | None = ...,
         instances: _abc.Iterable[Global___ServingInstance] | None = ...,
+        boot_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "gpus", b"gpus", "hostname", b"hostname", "instances", b"instances", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "boot_id", b"boot_id", "gpus", b"gpus", "hostname", b"hostname", "instances", b"instances", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,16 +341,29 @@ class Telemetry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WINDOWS_FIELD_NUMBER: _builtins.int
+    WINDOW_SEQ_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    window_seq: _builtins.int
+    """1, 2, 3, ... per agent process (boot_id); 0: the agent keeps no re-send buffer.
+    The agent keeps every window the server has not said is stored (Stored, Welcome)
+    and sends those again after reconnecting.
+    """
+    replayed: _builtins.bool
+    """Sent again after a reconnect, or measured while no server was reachable: the
+    server records it and does not decide on it (its moment has passed).
+    """
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceWindow]: ...
     def __init__(
         self,
         *,
         windows: _abc.Iterable[Global___InstanceWindow] | None = ...,
+        window_seq: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "window_seq", b"window_seq", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -813,6 +832,7 @@ class ServerMessage(_message.Message):
     SET_CLOCKS_FIELD_NUMBER: _builtins.int
     RESET_CLOCKS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -821,6 +841,8 @@ class ServerMessage(_message.Message):
     def reset_clocks(self) -> Global___ResetClocks: ...
     @_builtins.property
     def error(self) -> Global___Error: ...
+    @_builtins.property
+    def stored(self) -> Global___Stored: ...
     def __init__(
         self,
         *,
@@ -828,12 +850,13 @@ class ServerMessage(_message.Message):
         set_clocks: Global___SetClocks | None = ...,
         reset_clocks: Global___ResetClocks | None = ...,
         error: Global___Error | None = ...,
+        stored: Global___Stored | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "set_clocks", "reset_clocks", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "set_clocks", "reset_clocks", "error", "stored"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -847,10 +870,15 @@ class Welcome(_message.Message):
     WINDOW_S_FIELD_NUMBER: _builtins.int
     LEASE_S_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    STORED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     window_s: _builtins.float
     lease_s: _builtins.float
     server_version: _builtins.str
+    stored_through_seq: _builtins.int
+    """The newest window_seq of Hello's boot_id whose windows are durably stored (0: none):
+    the agent drops those from its re-send buffer and sends the rest.
+    """
     def __init__(
         self,
         *,
@@ -858,14 +886,39 @@ class Welcome(_message.Message):
         window_s: _builtins.float = ...,
         lease_s: _builtins.float = ...,
         server_version: _builtins.str = ...,
+        stored_through_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_s", b"lease_s", "node_id", b"node_id", "server_version", b"server_version", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_s", b"lease_s", "node_id", b"node_id", "server_version", b"server_version", "stored_through_seq", b"stored_through_seq", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
+class Stored(_message.Message):
+    """Every window of this boot up to through_seq is in the database (committed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOT_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    boot_id: _builtins.int
+    through_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        boot_id: _builtins.int = ...,
+        through_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "through_seq", b"through_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stored: _TypeAlias = Stored  # noqa: Y015
 
 @_typing.final
 class SetClocks(_message.Message):
