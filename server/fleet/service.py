@@ -27,6 +27,7 @@ from server.fleet.stats import CommandLatency, DecideTimes, InstanceTotals
 from server.fleet.steering import Steering
 from server.fleet.validation import InvalidMessageError
 from server.slo.spec import SloSpec
+from server.store.instance_modes import modes_of
 from server.store.policy_states import load_states
 from server.store.registration import (
     mark_disconnected,
@@ -132,9 +133,10 @@ class FleetService:
                 self.save_all_states()
                 await self.close_revoked_sessions()
                 await self.touch_last_seen()
-                # Another replica (or a hand edit) may have changed a policy.
+                # Another replica (or a hand edit) may have changed a policy or a mode.
                 if await self.steering.reload():
                     await self.apply_control()
+                await self.reload_modes()
             except Exception:  # never die quietly: log and try again next interval
                 log.exception("periodic fleet upkeep failed")
 
@@ -353,6 +355,21 @@ class FleetService:
         if switched:
             await self._restore_states(switched)
         return retargeted
+
+    async def reload_modes(self) -> int:
+        """Apply the modes stored for live instances that differ from what they run under:
+        an admin's change made through another replica reaches this one within an upkeep
+        interval. Returns how many changed."""
+        stored = await asyncio.to_thread(modes_of, self._factory, list(self.live))
+        changed = 0
+        for instance_id, (mode, pinned_mhz) in stored.items():
+            live = self.live.get(instance_id)
+            if live is None or (live[1].mode, live[1].pinned_mhz) == (mode, pinned_mhz):
+                continue
+            log.info("instance %s: mode %s set elsewhere; applying", live[1].name, mode)
+            self.set_mode(instance_id, mode, pinned_mhz)
+            changed += 1
+        return changed
 
     def set_mode(self, instance_id: int, mode: str, pinned_mhz: int | None) -> bool:
         """Apply a stored mode change to the live instance at once; False if not connected."""

@@ -80,3 +80,18 @@ def set_mode(
         )
         db.commit()
         return True
+
+
+def modes_of(
+    factory: sessionmaker[Session], instance_ids: list[int]
+) -> dict[int, tuple[str, int | None]]:
+    """Each instance's stored mode and pinned clock (for replicas: another may have set it)."""
+    if not instance_ids:
+        return {}
+    with factory() as db:
+        rows = db.execute(
+            select(Instance.id, Instance.mode, Instance.pinned_sm_clock_mhz).where(
+                Instance.id.in_(instance_ids)
+            )
+        ).all()
+    return {r.id: (r.mode, r.pinned_sm_clock_mhz) for r in rows}

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import update
 
 from agft.v1 import agent_pb2 as pb
-from server.store.models import NodeLease
+from server.store.models import Instance, NodeLease
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import running_server
 
@@ -68,5 +68,31 @@ async def test_a_hello_to_a_node_held_elsewhere_is_refused_once_the_lease_is_ren
             assert 1.0 <= time.monotonic() - started < 5.0
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "replica-elsewhere" in str(refused.value.details())
+        finally:
+            await stream.close()
+
+
+async def test_a_mode_set_through_another_replica_reaches_the_controlling_one(
+    database_url: str,
+) -> None:
+    async with running_server(database_url, policy="static", static_clock_mhz=1200) as srv:
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
+        try:
+            stream.send(hello=hello())
+            await stream.read_kind("welcome")
+            stream.send(telemetry=pb.Telemetry(windows=[window()]))
+            await stream.read_kind("set_clocks")
+            # Replica B's API stored the change; this replica controls the instance.
+            with srv.app.state.session_factory.begin() as db:
+                db.execute(update(Instance).values(mode="off"))
+            fleet = srv.app.state.fleet
+            assert await fleet.reload_modes() == 1
+            (runtime,) = (r for _, r in fleet.live.values())
+            assert runtime.mode == "off"
+            # Released at once, as a change through this replica's own API would be.
+            assert (await stream.read_kind("reset_clocks")).reset_clocks.reason.startswith(
+                "mode off"
+            )
+            assert await fleet.reload_modes() == 0  # applied once
         finally:
             await stream.close()
