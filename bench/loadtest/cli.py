@@ -7,6 +7,11 @@ latency, with every decision persisted.
 --nodes takes one count or several (one run each, smallest first: the curve). DIR gets
 results.json (one entry per run, the last one also at the top level), results.md (a
 table) and curve.png (instances against decision p99, server CPU and RSS).
+
+Replica failover: --servers 2 --kill-after 20 runs two replicas on the one database and
+SIGKILLs the first 20 s in; its nodes move to the other. failover_s is the time from the
+kill to the last moved node's first window decided and stored again; every window the
+agents made must still be stored exactly once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ COLUMNS = (
     ("lost_windows", "lost windows"),
     ("lost_decisions", "lost decisions"),
     ("lost_acks", "lost acks"),
+    ("duplicate_windows", "windows stored twice"),
     ("server_cpu_pct", "server CPU (%)"),
     ("server_rss_mb", "server peak RSS (MB)"),
     ("db_rows_per_s", "DB rows/s"),
@@ -50,7 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", default="16", help="nodes, or a comma-separated list (a curve)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="instances per node (default 8)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of windows per run")
-    p.add_argument("--servers", type=int, default=1, help="server replicas (only 1 so far)")
+    p.add_argument(
+        "--servers", type=int, default=1, help="server replicas on the one database (default 1)"
+    )
+    p.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="SIGKILL the first replica this far into the windows (needs --servers 2 or more)",
+    )
     p.add_argument("--agent-processes", type=int, default=2, help="processes running the agents")
     p.add_argument(
         "--database-url",
@@ -78,6 +93,15 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = ["-" if r.get(key) is None else str(r[key]) for key, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _failover_line(r: dict[str, Any]) -> str:
+    return (
+        f"failover: replica 0 killed {r['killed_after_s']:g} s in; {r['nodes_moved']} nodes "
+        f"moved, every one decided again within {r['failover_s']} s; "
+        f"{r['lost_windows']} windows lost, {r['duplicate_windows']} stored twice, "
+        f"{r['windows_resent']} sent again"
+    )
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -120,9 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.servers != 1:
+    if args.servers < 1 or (args.kill_after is not None and args.servers < 2):
         print(
-            "agft loadtest: --servers above 1 needs replicas, which are not built yet (issue 12)",
+            "agft loadtest: --servers must be 1 or more, and --kill-after needs 2 or more "
+            "(the killed replica's nodes need somewhere to go)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.kill_after is not None and not 2 <= args.kill_after <= args.duration - 2:
+        print(
+            "agft loadtest: --kill-after must fall inside the windows, "
+            f"2 to {args.duration - 2:g} s",
             file=sys.stderr,
         )
         return 2
@@ -137,14 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_url=args.database_url,
             policy=args.policy,
             static_clock_mhz=args.static_clock_mhz,
+            servers=args.servers,
+            kill_after_s=args.kill_after,
         )
         result = run(spec, args.out)
         results.append(result)
         print(table([result]), end="", file=sys.stderr)
+        if "failover_s" in result:
+            print(_failover_line(result), file=sys.stderr)
         (args.out / "results.json").write_text(
             json.dumps({**result, "runs": results}, indent=2) + "\n", encoding="utf-8"
         )
-    (args.out / "results.md").write_text(table(results), encoding="utf-8")
+    text = table(results) + "".join(
+        "\n" + _failover_line(r) + "\n" for r in results if "failover_s" in r
+    )
+    (args.out / "results.md").write_text(text, encoding="utf-8")
     plot(results, args.out / "curve.png")
     print(table(results), end="")
     return 0

@@ -1,11 +1,12 @@
-"""One load-test run: a real server process, synthetic agents in other processes, a count.
+"""One load-test run: real server processes, synthetic agents in other processes, a count.
 
-The server is `agft server` as an admin starts it, on a fresh database (a new PostgreSQL
-database on the given server, or a new SQLite file), over loopback gRPC. The agents run in
-worker processes (bench/loadtest/agents.py). While they run, the server's CPU and peak RSS
-are read from /proc; after, the writer is let drain and the database is counted: every
-window the agents sent must be a decision row, every command the server sent a row, every
-ack the agents sent an acknowledged command.
+The server is `agft server` as an admin starts it (one, or several replicas on the one
+database), on a fresh database (a new PostgreSQL database on the given server, or a new
+SQLite file), over loopback gRPC. The agents run in worker processes
+(bench/loadtest/agents.py). While they run, the servers' CPU and peak RSS are read from
+/proc, and the first replica may be SIGKILLed; after, the writers are let drain and the
+database is counted: every window the agents made must be stored once, every command the
+server sent a row, every ack the agents sent an acknowledged command.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class LoadSpec:
     # locks), or static at a clock (a lock, so a lease renewal and an ack every window).
     policy: str = "agft"
     static_clock_mhz: int | None = None
+    # Server replicas on the one database; with kill_after_s, the first is SIGKILLed that
+    # many seconds into the windows and its nodes must move to the others.
+    servers: int = 1
+    kill_after_s: float | None = None
 
     @property
     def instances(self) -> int:
@@ -153,19 +158,38 @@ def run(spec: LoadSpec, workdir: Path, err: Any = sys.stderr) -> dict[str, Any]:
         return _run(spec, url, workdir, err)
 
 
-def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
+@dataclass
+class _Server:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log: Any
+    killed_at: float | None = None  # wall time of its SIGKILL
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.killed_at is None
+
+
+def _start_server(spec: LoadSpec, url: str, workdir: Path, index: int) -> _Server:
     http_port, grpc_port = _free_port(), _free_port()
     env = {
         **os.environ,
         "AGFT_WINDOW_S": str(spec.window_s),
-        "AGFT_PERSIST_SPILL_PATH": str(workdir / "unwritten.jsonl"),
+        "AGFT_PERSIST_SPILL_PATH": str(workdir / f"unwritten-{index}.jsonl"),
         "AGFT_PERSIST_SHUTDOWN_S": "60",
         "AGFT_POLICY": spec.policy,
+        "AGFT_REPLICA_ID": f"replica-{index}",
     }
     if spec.static_clock_mhz is not None:
         env["AGFT_STATIC_CLOCK_MHZ"] = str(spec.static_clock_mhz)
-    log = (workdir / f"server-{spec.instances}.log").open("w")
-    server = subprocess.Popen(
+    suffix = f"-{index}" if spec.servers > 1 else ""
+    log = (workdir / f"server-{spec.instances}{suffix}.log").open("w")
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -182,19 +206,25 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{http_port}"
+    return _Server(proc, http_port, grpc_port, log)
+
+
+def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
+    servers = [_start_server(spec, url, workdir, i) for i in range(spec.servers)]
     try:
-        _wait_healthy(base, server, 60)
+        for server in servers:
+            _wait_healthy(server.base, server.proc, 60)
         factory = make_session_factory(make_engine(url))
         nodes = [f"load-{n:05d}" for n in range(spec.nodes)]
         tokens = [(node, create_node_token(factory, node)[1]) for node in nodes]
         _, api_token = create_api_token(factory, "viewer", "loadtest")
-        proc = _Proc(server.pid)
+        procs = [_Proc(s.proc.pid) for s in servers]
         print(
             f"loadtest: {spec.nodes} nodes x {spec.gpus_per_node} GPUs = {spec.instances} "
-            f"instances for {spec.duration_s:g} s",
+            f"instances for {spec.duration_s:g} s on {spec.servers} server(s)",
             file=err,
         )
+        addresses = [f"127.0.0.1:{s.grpc_port}" for s in servers]
         workers = max(1, min(spec.agent_processes, spec.nodes))
         shares = [tokens[i::workers] for i in range(workers)]
         context = multiprocessing.get_context("spawn")
@@ -203,7 +233,7 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
                 pool.apply_async(
                     run_nodes,
                     (
-                        f"127.0.0.1:{grpc_port}",
+                        addresses,
                         share,
                         spec.gpus_per_node,
                         spec.window_s,
@@ -215,23 +245,34 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
             ]
             # Steady state: from when the ramp is over to the end of the windows.
             ramp = min(5.0, 0.01 * len(tokens) / workers) + 2.0
+            began = time.monotonic()
             time.sleep(ramp)
-            cpu0, t0 = proc.cpu_s(), time.monotonic()
-            time.sleep(max(0.0, spec.duration_s - 2.0))
-            cpu1, t1 = proc.cpu_s(), time.monotonic()
-            results = [p.get(timeout=spec.duration_s + 180) for p in pending]
-        drained_s = _wait_drained(base, 180)
-        scraped = _scrape(base, api_token)
-        rss = proc.peak_rss_mb()
+            survivors = procs[1:] if spec.kill_after_s is not None else procs
+            cpu0, t0 = sum(p.cpu_s() for p in survivors), time.monotonic()
+            if spec.kill_after_s is not None:
+                time.sleep(max(0.0, began + 0.5 + spec.kill_after_s - time.monotonic()))
+                servers[0].proc.send_signal(signal.SIGKILL)
+                servers[0].killed_at = time.time()
+                print(f"loadtest: replica 0 killed (SIGKILL) at {spec.kill_after_s:g} s", file=err)
+            time.sleep(max(0.0, t0 + spec.duration_s - 2.0 - time.monotonic()))
+            cpu1, t1 = sum(p.cpu_s() for p in survivors), time.monotonic()
+            results = [p.get(timeout=spec.duration_s + 240) for p in pending]
+        live = [s for s in servers if s.alive]
+        drained_s = max(_wait_drained(s.base, 180) for s in live)
+        scraped = _merge([_scrape(s.base, api_token) for s in live])
+        rss = max(p.peak_rss_mb() for p, s in zip(procs, servers, strict=True) if s.alive)
         counted = _count(url)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(90)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-    sent = sum(r["windows_sent"] for r in results)
+        for server in servers:
+            if server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+        for server in servers:
+            try:
+                server.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+            server.log.close()
+    measured = sum(r["windows_measured"] for r in results)
     commands = sum(r["commands"] for r in results)
     acks = sum(r["acks_sent"] for r in results)
     rtts = [x for r in results for x in r["rtt_s"]]
@@ -243,34 +284,70 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         for v in (_histogram_quantile(buckets, q) for q in (0.5, 0.99))
     )
     rows = counted["decisions"] + counted["commands"] + counted["acked"]
-    return {
+    killed = servers[0].killed_at
+    out = {
         "instances": spec.instances,
         "nodes": spec.nodes,
         "gpus_per_node": spec.gpus_per_node,
         "duration_s": spec.duration_s,
-        "servers": 1,
+        "servers": spec.servers,
         "policy": spec.policy
         + (f"@{spec.static_clock_mhz}" if spec.static_clock_mhz is not None else ""),
         "database": "postgresql" if url.startswith("postgresql") else "sqlite",
         "connected_nodes": sum(r["connected"] for r in results),
-        "windows_sent": sent,
-        "windows_per_s": round(counted["decisions"] / spec.duration_s, 1),
+        "windows_measured": measured,
+        "windows_sent": sum(r["windows_sent"] for r in results),
+        "windows_resent": sum(r["windows_resent"] for r in results),
+        "windows_per_s": round(counted["windows"] / spec.duration_s, 1),
         "decision_p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
         "decision_p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
         "decision_max_ms": round(scraped.get("max_s", math.nan) * 1000, 2),
         "ack_rtt_p50_ms": _round(_quantile_ms(rtts, 0.5)),
         "ack_rtt_p99_ms": _round(_quantile_ms(rtts, 0.99)),
-        "lost_windows": sent - counted["decisions"],
-        "lost_decisions": int(scraped["decisions"]) - counted["decisions"],
+        # Every window an agent made must be stored, once.
+        "lost_windows": measured - counted["windows"],
+        "duplicate_windows": counted["decisions"] - counted["windows"],
+        # The server's own count of windows it decided or recorded against its rows: a
+        # killed replica's count died with it (its windows come back, re-sent), so with
+        # a kill this is not known.
+        "lost_decisions": int(scraped["decisions"]) - counted["decisions"]
+        if killed is None
+        else None,
         "lost_acks": acks - counted["acked"],
         "commands_received": commands,
         "agent_errors": sum(r["errors"] for r in results),
-        "agent_unsent_messages": sum(r["unsent_messages"] for r in results),
+        "agent_unstored_windows": sum(r["unstored_windows"] for r in results),
         "agent_failures": [f for r in results for f in r["failures"]][:5],
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "server_rss_mb": round(rss, 1),
         "db_rows_per_s": round(rows / spec.duration_s, 1),
         "drain_s": round(drained_s, 1),
+    }
+    if killed is not None:
+        regained = [x for r in results for x in r["regained_at"]]
+        out["killed_after_s"] = spec.kill_after_s
+        out["nodes_moved"] = len(regained)
+        # From the kill to the last moved node's first window decided and stored again.
+        out["failover_s"] = (
+            round(max(regained) - killed, 2)
+            if regained and all(x is not None for x in regained)
+            else None
+        )
+    return out
+
+
+def _merge(scrapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The replicas' /metrics as one: bucket counts and decisions summed, the worst max."""
+    if len(scrapes) == 1:
+        return scrapes[0]
+    counts: dict[float, float] = {}
+    for scraped in scrapes:
+        for upper, count in scraped["buckets"]:
+            counts[upper] = counts.get(upper, 0.0) + count
+    return {
+        "buckets": sorted(counts.items()),
+        "decisions": sum(x["decisions"] for x in scrapes),
+        "max_s": max(x.get("max_s", 0.0) for x in scrapes),
     }
 
 
@@ -316,6 +393,19 @@ def _count(url: str) -> dict[str, int]:
                 )
                 or 0
             )
+            windows = (
+                conn.scalar(
+                    select(func.count()).select_from(
+                        select(Decision.instance_id, Decision.window_start).distinct().subquery()
+                    )
+                )
+                or 0
+            )
     finally:
         engine.dispose()
-    return {"decisions": int(decisions), "commands": int(commands), "acked": int(acked)}
+    return {
+        "decisions": int(decisions),
+        "windows": int(windows),
+        "commands": int(commands),
+        "acked": int(acked),
+    }

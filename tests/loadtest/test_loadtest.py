@@ -33,6 +33,7 @@ def test_a_small_fleet_loses_nothing(tmp_path: Path, backend: str) -> None:
     assert result["instances"] == 6 and result["connected_nodes"] == 3
     assert result["windows_sent"] >= 6 * 4
     assert result["lost_windows"] == result["lost_decisions"] == result["lost_acks"] == 0
+    assert result["duplicate_windows"] == 0 and result["agent_unstored_windows"] == 0
     assert result["agent_errors"] == 0 and result["agent_failures"] == []
     assert result["decision_p99_ms"] is not None
     assert result["decision_p99_ms"] <= result["decision_max_ms"]
@@ -44,7 +45,8 @@ def test_a_small_fleet_loses_nothing(tmp_path: Path, backend: str) -> None:
 def test_bad_arguments_are_one_line() -> None:
     for args, expected in (
         (["--nodes", "x"], "--nodes takes counts"),
-        (["--servers", "2"], "replicas"),
+        (["--kill-after", "10"], "needs 2 or more"),
+        (["--servers", "2", "--kill-after", "59", "--duration", "60"], "inside the windows"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "agft_cli.main", "loadtest", *args],
@@ -52,6 +54,27 @@ def test_bad_arguments_are_one_line() -> None:
         )  # fmt: skip
         assert done.returncode == 2
         assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_replica_moves_its_nodes_and_loses_no_window(tmp_path: Path) -> None:
+    url = os.environ.get("AGFT_TEST_POSTGRES_URL", "")
+    if not url:
+        pytest.skip("AGFT_TEST_POSTGRES_URL not set")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "agft_cli.main", "loadtest", "--nodes", "4",
+         "--gpus-per-node", "2", "--duration", "16", "--servers", "2", "--kill-after", "5",
+         "--database-url", url, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["servers"] == 2 and result["nodes_moved"] == 2  # half were on replica 0
+    assert result["failover_s"] is not None and result["failover_s"] <= 10.0
+    assert result["lost_windows"] == result["duplicate_windows"] == 0
+    assert result["agent_unstored_windows"] == 0 and result["agent_failures"] == []
+    assert result["windows_resent"] > 0  # what the killed replica held came back
+    assert "failover: replica 0 killed" in (out / "results.md").read_text()
 
 
 def test_the_histogram_quantile_interpolates_inside_its_bucket() -> None:
