@@ -84,6 +84,7 @@ class Agent:
         self.resend = ResendBuffer(max(1, math.ceil(config.resend_buffer_s / config.window_s)))
         self._send: Callable[..., None] | None = None  # the live stream's, if any
         self._new_window = asyncio.Event()
+        self._acks_since_window: list[pb.CommandAck] = []
         self.control_status_sent = 0
         self.errors_received: list[pb.Error] = []
         self._stopping = asyncio.Event()
@@ -294,6 +295,9 @@ class Agent:
                 continue
             send(ack=ack)
             self.acks_sent += 1
+            # Again in the next window: kept with it until stored, an ack survives a
+            # replica killed before it wrote it.
+            self._acks_since_window.append(ack)
 
     async def _measure_forever(self, http: httpx.AsyncClient) -> None:
         """Measure windows for the agent's whole life, connected or not.
@@ -353,6 +357,8 @@ class Agent:
                         reflex=reflex,
                     )
                 )
+            telemetry.acks.extend(self._acks_since_window)
+            self._acks_since_window.clear()
             self.resend.add(telemetry, self.sessions_started)
             self.windows_measured += len(telemetry.windows)
             self._new_window.set()

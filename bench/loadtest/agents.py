@@ -95,6 +95,7 @@ class _Node:
         self._locks: dict[str, tuple[int, int] | None] = {}
         self._sent_at: dict[str, float] = {}  # instance -> when its last window left
         self._welcomed = False
+        self._acks_since_window: list[pb.CommandAck] = []  # again in the next window
 
     def _put(self, **body: Any) -> None:
         self._seq += 1
@@ -233,6 +234,8 @@ class _Node:
                 # controller finds lower clocks worth it and holds locks (and renews
                 # their leases every window) as it would on a real fleet.
                 synthetic.at_clock(w, g.sm_clock_mhz)
+            telemetry.acks.extend(self._acks_since_window)
+            self._acks_since_window.clear()
             self.buffer.add(telemetry, self._session)
             self.counts.windows_measured += len(telemetry.windows)
             self._new.set()
@@ -275,15 +278,15 @@ class _Node:
             applied = pb.AppliedClocks(gpu_index=gpu, sm_clock_mhz=lock[1] if lock else 1980)
             if lock is not None:
                 applied.locked_min_sm_clock_mhz, applied.locked_max_sm_clock_mhz = lock
-            self._put(
-                ack=pb.CommandAck(
-                    command_id=cmd.command_id,
-                    instance=cmd.instance,
-                    ok=True,
-                    applied=[applied],
-                    applied_at_s=time.time(),
-                )
+            ack = pb.CommandAck(
+                command_id=cmd.command_id,
+                instance=cmd.instance,
+                ok=True,
+                applied=[applied],
+                applied_at_s=time.time(),
             )
+            self._put(ack=ack)
+            self._acks_since_window.append(ack)
 
 
 def run_nodes(

@@ -137,6 +137,36 @@ def record_window(runtime: InstanceRuntime, window: pb.InstanceWindow, *, now: d
     return Outcome(obs, decision, None, row, None, default_energy_j)
 
 
+RECOVERED_REASON = "stored from the agent's ack: the replica that sent it stopped first"
+
+
+def recovered_command_row(
+    ack_row: dict[str, Any], ack: pb.CommandAck, runtime: InstanceRuntime, now: datetime
+) -> dict[str, Any]:
+    """A command row rebuilt from its ack (validated by validation.ack_row), for a command
+    whose replica died before writing it: what the agent applied, when it applied it."""
+    locks = [
+        (a["locked_min_sm_clock_mhz"], a["locked_max_sm_clock_mhz"])
+        for a in ack_row["applied"]
+        if a["locked_max_sm_clock_mhz"] is not None
+    ]
+    applied_at = ack.applied_at_s
+    issued = _ts(applied_at) if math.isfinite(applied_at) and 0 < applied_at < 4.1e9 else now
+    return {
+        **ack_row,
+        "instance_id": runtime.instance_id,
+        "kind": "set" if locks else "reset",
+        "min_sm_clock_mhz": min((lo for lo, _ in locks if lo is not None), default=None),
+        "max_sm_clock_mhz": min((hi for _, hi in locks), default=None),
+        "memory_clock_mhz": None,
+        "lease_s": None,
+        "reason": RECOVERED_REASON,
+        "issued_at": issued,
+        "expires_at": None,
+        "acked_at": now,
+    }
+
+
 def _decision_row(
     runtime: InstanceRuntime,
     obs: Observation,

@@ -58,7 +58,13 @@ class NodeOwnership:
                     f"node {node_id!r} is controlled by server replica {holder!r} (its lease"
                     f" runs to {until.isoformat(timespec='seconds')}); connect to that one",
                 )
-            await asyncio.sleep(min(0.5, self.lease_s / 4))
+            # Wake when the holder's lease runs out (and no later than the deadline): one
+            # read per renewal it makes, not a poll per Hello every fraction of a second.
+            aware = until if until.tzinfo is not None else until.replace(tzinfo=UTC)  # SQLite
+            left = (aware - _now()).total_seconds()
+            await asyncio.sleep(
+                max(0.05, min(left + 0.05, deadline - time.monotonic(), self.lease_s / 3))
+            )
 
     async def renew(self, node_ids: list[str]) -> set[str]:
         """The nodes of node_ids this replica still holds after renewing. Raises when the

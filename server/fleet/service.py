@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +20,12 @@ from server.auth.store import TokenInfo, revoked_among
 from server.control.policy import ClockArms
 from server.energy.estimator import ESTIMATOR_STATE
 from server.fleet import validation
-from server.fleet.decider import command_now, decide_window, record_window
+from server.fleet.decider import (
+    command_now,
+    decide_window,
+    record_window,
+    recovered_command_row,
+)
 from server.fleet.inventory import inventory_of
 from server.fleet.ownership import NodeOwnership, NodeRefusedError
 from server.fleet.runtime import AgentSession, InstanceRuntime
@@ -38,6 +44,9 @@ from server.store.registration import (
 from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+
+# Acks a window may carry again: far more than one window's commands ever are.
+MAX_ACKS_PER_WINDOW = 1024
 
 # What an agent is told when the server itself failed: nothing internal leaks out.
 INTERNAL_ERROR = "the server failed to handle this message; the details are in its log"
@@ -447,10 +456,40 @@ class FleetService:
             totals.decisions += 1
             if runtime.decisions % self.state_save_every == 0:
                 self._save_state(runtime)
+        if telemetry.replayed and telemetry.acks:
+            self._recover_acks(session, seq, telemetry.acks, now)
         if window_seq:
             # Rejected windows count as taken too: sending them again cannot help.
             self.windows_taken[session.node_id] = (session.boot_id, window_seq)
             self._writer.add_stored_mark(session.node_pk, session.boot_id, window_seq)
+
+    def _recover_acks(
+        self, session: AgentSession, seq: int, acks: Sequence[pb.CommandAck], now: datetime
+    ) -> None:
+        """A replayed window's acks: the replica they were sent to may have died before it
+        wrote them (and the commands they answer). Each is stored if missing: its command
+        row made from what the agent applied, or its ack added where none is."""
+        if len(acks) > MAX_ACKS_PER_WINDOW:
+            session.send(
+                self.error(
+                    seq,
+                    "invalid_value",
+                    f"telemetry.acks: {len(acks)} acks, more than {MAX_ACKS_PER_WINDOW}",
+                )
+            )
+            return
+        for ack in acks:
+            runtime = session.instances.get(ack.instance)
+            try:
+                if runtime is None:
+                    raise InvalidMessageError(
+                        "unknown_instance", f"ack for instance {ack.instance!r}, not in Hello"
+                    )
+                row = validation.ack_row(ack)
+            except InvalidMessageError as err:
+                session.send(self.error(seq, err.code, err.message))
+                continue
+            self._writer.add_recovered_ack(recovered_command_row(row, ack, runtime, now))
 
     def _windows_stored(self, marks: list[dict[str, object]]) -> None:
         """The writer committed windows: tell each agent, so it can drop them."""

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, exc, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.models import ClockCommand, Decision, Node, PersistFailure
@@ -43,7 +45,7 @@ _DECISIONS = cast(Table, Decision.__table__)
 
 # Order of writing: decisions and acks refer to commands; a node's stored mark comes
 # last, in the same transaction as the windows it vouches for.
-KINDS = ("command", "decision", "ack", "policy_state", "stored")
+KINDS = ("command", "decision", "ack", "recovered_ack", "policy_state", "stored")
 Item = tuple[str, dict[str, Any]]
 # Told, on the event loop, the stored marks of each batch once it is committed.
 StoredListener = Callable[[list[dict[str, Any]]], None]
@@ -69,6 +71,8 @@ class _Batch:
     commands: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
+    # Whole command rows rebuilt from acks a replayed window carried: stored if missing.
+    recovered_acks: list[dict[str, Any]] = field(default_factory=list)
     # Keyed by (instance_id, policy): only the newest state of a batch needs writing.
     policy_states: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     # Keyed by node: marks come in window order, so the last one holds.
@@ -79,6 +83,7 @@ class _Batch:
             len(self.commands)
             + len(self.decisions)
             + len(self.acks)
+            + len(self.recovered_acks)
             + len(self.policy_states)
             + len(self.stored)
         )
@@ -90,15 +95,19 @@ class _Batch:
         elif kind == "stored":
             self.stored[row["id"]] = row
         else:
-            {"command": self.commands, "decision": self.decisions, "ack": self.acks}[kind].append(
-                row
-            )
+            {
+                "command": self.commands,
+                "decision": self.decisions,
+                "ack": self.acks,
+                "recovered_ack": self.recovered_acks,
+            }[kind].append(row)
 
     def items(self) -> list[Item]:
         return (
             [("command", r) for r in self.commands]
             + [("decision", r) for r in self.decisions]
             + [("ack", r) for r in self.acks]
+            + [("recovered_ack", r) for r in self.recovered_acks]
             + [("policy_state", r) for r in self.policy_states.values()]
             + [("stored", r) for r in self.stored.values()]
         )
@@ -109,6 +118,22 @@ class _Batch:
         for item in items:
             batch.add(item)
         return batch
+
+
+ACK_COLUMNS = ("ack_ok", "ack_error", "applied", "acked_at")
+
+
+def _store_recovered_acks(db: Session, rows: list[dict[str, Any]]) -> None:
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(_COMMANDS)
+    db.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[_COMMANDS.c.id],
+            set_={name: stmt.excluded[name] for name in ACK_COLUMNS},
+            where=_COMMANDS.c.acked_at.is_(None),  # an ack stored already stays as it is
+        ),
+        rows,
+    )
 
 
 def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -185,6 +210,11 @@ class BatchWriter:
 
     def add_ack(self, row: dict[str, Any]) -> None:
         self._put("ack", row)
+
+    def add_recovered_ack(self, row: dict[str, Any]) -> None:
+        """A whole command row from a replayed ack: inserted if the command is missing, its
+        ack added if the command has none, nothing changed otherwise."""
+        self._put("recovered_ack", row)
 
     def add_policy_state(self, row: dict[str, Any]) -> None:
         self._put("policy_state", row)
@@ -408,6 +438,8 @@ class BatchWriter:
             for rows in _same_columns(batch.acks):
                 # One executemany UPDATE by primary key for the whole batch's acks.
                 db.execute(update(ClockCommand), rows)
+            if batch.recovered_acks:
+                _store_recovered_acks(db, batch.recovered_acks)
             upsert_policy_states(db, list(batch.policy_states.values()))
             if batch.stored:
                 db.execute(update(Node), list(batch.stored.values()))

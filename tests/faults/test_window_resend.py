@@ -8,8 +8,11 @@ replayed is stored as measured without a decision or a command.
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from agft.v1 import agent_pb2 as pb
-from server.fleet.decider import REPLAYED_REASON
+from server.fleet.decider import RECOVERED_REASON, REPLAYED_REASON
+from server.store.models import ClockCommand
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import RunningServer, running_server
 
@@ -127,3 +130,54 @@ async def test_a_restarted_server_reads_what_is_stored_from_the_database(
         finally:
             await stream.close()
         assert len(await srv.wait_for_decisions(3)) == 3
+
+
+async def test_a_replayed_window_brings_back_the_acks_a_dead_replica_never_wrote(
+    database_url: str,
+) -> None:
+    async with running_server(database_url, policy="static", static_clock_mhz=1200) as srv:
+        token = srv.node_token("resend-node")
+        stream, _ = await _connect(srv, token)
+        try:
+            stream.send(telemetry=_numbered(1))
+            command = (await stream.read_kind("set_clocks")).set_clocks
+            applied = pb.AppliedClocks(
+                gpu_index=0,
+                sm_clock_mhz=1200,
+                locked_min_sm_clock_mhz=command.min_sm_clock_mhz,
+                locked_max_sm_clock_mhz=command.max_sm_clock_mhz,
+            )
+            kept = pb.CommandAck(
+                command_id=command.command_id, instance="vllm-0", ok=True, applied=[applied]
+            )
+            stream.send(ack=kept)
+            await _stored_through(stream, 1)
+        finally:
+            await stream.close()
+        # Reconnected after "a crash": window 2 comes replayed, carrying the ack of a
+        # command whose row the dead replica never wrote, and again the one it did write.
+        lost = pb.CommandAck(
+            command_id="c0ffee" * 4,
+            instance="vllm-0",
+            ok=True,
+            applied=[applied],
+            applied_at_s=1002.5,
+        )
+        stream, _ = await _connect(srv, token)
+        try:
+            replayed = _numbered(2, replayed=True)
+            replayed.acks.extend([lost, kept])
+            stream.send(telemetry=replayed)
+            await _stored_through(stream, 2)
+        finally:
+            await stream.close()
+        with srv.app.state.session_factory() as db:
+            rows = {c.id: c for c in db.scalars(select(ClockCommand))}
+    assert len(rows) >= 2
+    recovered = rows["c0ffee" * 4]
+    assert recovered.reason == RECOVERED_REASON and recovered.kind == "set"
+    assert recovered.max_sm_clock_mhz == command.max_sm_clock_mhz
+    assert recovered.acked_at is not None and recovered.ack_ok is True
+    original = rows[command.command_id]
+    assert original.reason != RECOVERED_REASON  # the row it wrote stays as it was
+    assert original.acked_at is not None

@@ -343,6 +343,7 @@ class Telemetry(_message.Message):
     WINDOWS_FIELD_NUMBER: _builtins.int
     WINDOW_SEQ_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     window_seq: _builtins.int
     """1, 2, 3, ... per agent process (boot_id); 0: the agent keeps no re-send buffer.
     The agent keeps every window the server has not said is stored (Stored, Welcome)
@@ -354,16 +355,24 @@ class Telemetry(_message.Message):
     """
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceWindow]: ...
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandAck]:
+        """The acks the agent sent since its previous window, again: on a replayed window the
+        server stores those it lacks (a replica killed before writing them), so an ack is
+        as safe as a window. On a fresh one they were handled when they came and are skipped.
+        """
+
     def __init__(
         self,
         *,
         windows: _abc.Iterable[Global___InstanceWindow] | None = ...,
         window_seq: _builtins.int = ...,
         replayed: _builtins.bool = ...,
+        acks: _abc.Iterable[Global___CommandAck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "window_seq", b"window_seq", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "replayed", b"replayed", "window_seq", b"window_seq", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
