@@ -40,6 +40,8 @@ COLUMNS = (
     ("lost_decisions", "lost decisions"),
     ("lost_acks", "lost acks"),
     ("duplicate_windows", "windows stored twice"),
+    ("api_instances_p99_ms", "GET instances p99 (ms)"),
+    ("api_decisions_p99_ms", "GET decisions p99 (ms)"),
     ("server_cpu_pct", "server CPU (%)"),
     ("server_rss_mb", "server peak RSS (MB)"),
     ("db_rows_per_s", "DB rows/s"),

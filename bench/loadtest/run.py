@@ -15,10 +15,12 @@ import contextlib
 import math
 import multiprocessing
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +211,44 @@ def _start_server(spec: LoadSpec, url: str, workdir: Path, index: int) -> _Serve
     return _Server(proc, http_port, grpc_port, log)
 
 
+class _ApiProbe(threading.Thread):
+    """An admin's reads while the fleet runs: the instance list and one instance's newest
+    decisions page, in turn, twice a second, timed from request to full answer."""
+
+    def __init__(self, base: str, token: str) -> None:
+        super().__init__(name="agft-loadtest-api", daemon=True)
+        self._client = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        self._done = threading.Event()
+        self.instances_s: list[float] = []
+        self.decisions_s: list[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        rng = random.Random(0)
+        ids: list[int] = []
+        while not self._done.wait(0.5):
+            try:
+                started = time.perf_counter()
+                listed = self._client.get("/api/v1/instances")
+                listed.raise_for_status()
+                ids = [i["id"] for i in listed.json()] or ids
+                self.instances_s.append(time.perf_counter() - started)
+                if ids:
+                    started = time.perf_counter()
+                    page = self._client.get(f"/api/v1/instances/{rng.choice(ids)}/decisions")
+                    page.raise_for_status()
+                    self.decisions_s.append(time.perf_counter() - started)
+            except (httpx.HTTPError, ValueError):
+                self.failures += 1  # a replica killed under it, a timeout: counted
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(70)
+        self._client.close()
+
+
 def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
     servers = [_start_server(spec, url, workdir, i) for i in range(spec.servers)]
     try:
@@ -249,6 +289,8 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
             time.sleep(ramp)
             survivors = procs[1:] if spec.kill_after_s is not None else procs
             cpu0, t0 = sum(p.cpu_s() for p in survivors), time.monotonic()
+            probe = _ApiProbe(servers[-1].base, api_token)  # a replica that stays
+            probe.start()
             if spec.kill_after_s is not None:
                 time.sleep(max(0.0, began + 0.5 + spec.kill_after_s - time.monotonic()))
                 servers[0].proc.send_signal(signal.SIGKILL)
@@ -256,6 +298,7 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
                 print(f"loadtest: replica 0 killed (SIGKILL) at {spec.kill_after_s:g} s", file=err)
             time.sleep(max(0.0, t0 + spec.duration_s - 2.0 - time.monotonic()))
             cpu1, t1 = sum(p.cpu_s() for p in survivors), time.monotonic()
+            probe.stop()
             results = [p.get(timeout=spec.duration_s + 240) for p in pending]
         live = [s for s in servers if s.alive]
         drained_s = max(_wait_drained(s.base, 180) for s in live)
@@ -318,6 +361,9 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
         "agent_errors": sum(r["errors"] for r in results),
         "agent_unstored_windows": sum(r["unstored_windows"] for r in results),
         "agent_failures": [f for r in results for f in r["failures"]][:5],
+        "api_instances_p99_ms": _round(_quantile_ms(probe.instances_s, 0.99)),
+        "api_decisions_p99_ms": _round(_quantile_ms(probe.decisions_s, 0.99)),
+        "api_failures": probe.failures,
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "server_rss_mb": round(rss, 1),
         "db_rows_per_s": round(rows / spec.duration_s, 1),

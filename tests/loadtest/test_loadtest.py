@@ -34,6 +34,9 @@ def test_a_small_fleet_loses_nothing(tmp_path: Path, backend: str) -> None:
     assert result["windows_sent"] >= 6 * 4
     assert result["lost_windows"] == result["lost_decisions"] == result["lost_acks"] == 0
     assert result["duplicate_windows"] == 0 and result["agent_unstored_windows"] == 0
+    # An admin's reads were timed meanwhile, and answered.
+    assert result["api_instances_p99_ms"] is not None and result["api_failures"] == 0
+    assert result["api_decisions_p99_ms"] is not None
     assert result["agent_errors"] == 0 and result["agent_failures"] == []
     assert result["decision_p99_ms"] is not None
     assert result["decision_p99_ms"] <= result["decision_max_ms"]
