@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         "learning) or static (with --static-clock-mhz: a lease renewal and an ack per window)",
     )
     p.add_argument("--static-clock-mhz", type=int, default=None)
+    p.add_argument(
+        "--no-api-probe",
+        action="store_true",
+        help="do not time an admin's API reads during the run (they cost server CPU too)",
+    )
     p.add_argument("--out", type=Path, default=Path("loadtest-results"), help="output DIR")
     return p
 
@@ -173,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             static_clock_mhz=args.static_clock_mhz,
             servers=args.servers,
             kill_after_s=args.kill_after,
+            api_probe=not args.no_api_probe,
         )
         result = run(spec, args.out)
         results.append(result)
