@@ -272,11 +272,21 @@ class Agent:
             if msg is grpc.aio.EOF:
                 raise OSError("server closed the stream")
             kind = msg.WhichOneof("body")
-            if kind == "set_clocks":
-                ack = await asyncio.to_thread(self.clocks.set_clocks, msg.set_clocks)
+            if kind in ("set_clocks", "reset_clocks"):
+                acks = [
+                    await self._apply(msg.set_clocks if kind == "set_clocks" else msg.reset_clocks)
+                ]
                 self._report_control(send)  # a refusal may have taken a GPU out of control
-            elif kind == "reset_clocks":
-                ack = await asyncio.to_thread(self.clocks.reset_clocks, msg.reset_clocks)
+                send(ack=acks[0])
+            elif kind == "commands":
+                # One message for the node's instances: applied in order, one Acks back.
+                acks = []
+                for command in msg.commands.commands:
+                    which = command.WhichOneof("kind")
+                    if which is not None:
+                        acks.append(await self._apply(getattr(command, which)))
+                self._report_control(send)
+                send(acks=pb.Acks(acks=acks))
             elif kind == "stored":
                 if msg.stored.boot_id == self.boot_id:
                     self.resend.stored(msg.stored.through_seq)
@@ -293,11 +303,15 @@ class Agent:
             else:
                 log.info("ignoring server message %s", kind)
                 continue
-            send(ack=ack)
-            self.acks_sent += 1
+            self.acks_sent += len(acks)
             # Again in the next window: kept with it until stored, an ack survives a
             # replica killed before it wrote it.
-            self._acks_since_window.append(ack)
+            self._acks_since_window.extend(acks)
+
+    async def _apply(self, command: pb.SetClocks | pb.ResetClocks) -> pb.CommandAck:
+        if isinstance(command, pb.SetClocks):
+            return await asyncio.to_thread(self.clocks.set_clocks, command)
+        return await asyncio.to_thread(self.clocks.reset_clocks, command)
 
     async def _measure_forever(self, http: httpx.AsyncClient) -> None:
         """Measure windows for the agent's whole life, connected or not.

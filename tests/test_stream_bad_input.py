@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+from sqlalchemy import select
+
 from agft.v1 import agent_pb2 as pb
+from server.store.models import ClockCommand
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import running_server
 
@@ -94,5 +97,40 @@ async def test_invalid_hello_is_refused_clearly(sqlite_url: str) -> None:
                 assert "unknown GPUs [7]" in str(err)
             else:
                 raise AssertionError("server accepted an instance on a GPU it does not have")
+        finally:
+            await stream.close()
+
+
+async def test_a_nodes_commands_come_in_one_message_and_their_acks_in_one(sqlite_url: str) -> None:
+    async with running_server(sqlite_url, static_clock_mhz=1200) as srv:
+        stream = RawStream(srv.grpc_address, srv.node_token("raw-node"))
+        try:
+            stream.send(hello=hello(instances=3))
+            await stream.read_kind("welcome")
+            windows = [window(instance=f"vllm-{i}") for i in range(3)]
+            stream.send(telemetry=pb.Telemetry(windows=windows))
+            batch = (await stream.read_kind("commands")).commands
+            commands = [c.set_clocks for c in batch.commands]
+            assert sorted(c.instance for c in commands) == ["vllm-0", "vllm-1", "vllm-2"]
+            assert {c.max_sm_clock_mhz for c in commands} == {1200}
+            stream.send(
+                acks=pb.Acks(
+                    acks=[
+                        pb.CommandAck(command_id=c.command_id, instance=c.instance, ok=True)
+                        for c in commands
+                    ]
+                )
+            )
+            seq = stream.send(acks=pb.Acks(acks=[pb.CommandAck(command_id="nope", ok=True)]))
+            err = (await stream.read_kind("error")).error
+            assert (err.seq, err.code) == (seq, "unknown_command")
+            # Read in order: the three acks were taken before that error; each landed on
+            # its own command, as if sent alone.
+            await srv.app.state.writer.flush()
+            with srv.app.state.session_factory() as db:
+                acked = db.scalars(
+                    select(ClockCommand.id).where(ClockCommand.acked_at.is_not(None))
+                ).all()
+            assert sorted(acked) == sorted(c.command_id for c in commands)
         finally:
             await stream.close()

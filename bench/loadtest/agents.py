@@ -114,8 +114,11 @@ class _Node:
                     return
                 # Counted as they leave, not as they are queued: an ack queued after the
                 # end of the stream was never sent.
-                if msg.WhichOneof("body") == "ack":
+                body = msg.WhichOneof("body")
+                if body == "ack":
                     self.counts.acks_sent += 1
+                elif body == "acks":
+                    self.counts.acks_sent += len(msg.acks.acks)
                 yield msg
                 continue
             entry = self.buffer.next_after(max(state.sent_through, self.buffer.stored_through))
@@ -262,31 +265,42 @@ class _Node:
                         # back for this node.
                         self.counts.regained_at.append(time.time())
                 continue
-            if kind not in ("set_clocks", "reset_clocks"):
-                continue
-            cmd = getattr(msg, kind)
-            sent = self._sent_at.pop(cmd.instance, None)
-            if sent is not None:
-                self.counts.rtt_s.append(time.monotonic() - sent)
-            self.counts.commands += 1
-            if kind == "set_clocks":
-                self._locks[cmd.instance] = (cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz)
+            if kind in ("set_clocks", "reset_clocks"):
+                ack = self._apply(getattr(msg, kind))
+                self._put(ack=ack)
+                acks = [ack]
+            elif kind == "commands":  # a node's instances' commands in one message
+                acks = []
+                for command in msg.commands.commands:
+                    which = command.WhichOneof("kind")
+                    if which is not None:
+                        acks.append(self._apply(getattr(command, which)))
+                self._put(acks=pb.Acks(acks=acks))
             else:
-                self._locks[cmd.instance] = None
-            lock = self._locks[cmd.instance]
-            gpu = int(cmd.instance.rsplit("-", 1)[1])
-            applied = pb.AppliedClocks(gpu_index=gpu, sm_clock_mhz=lock[1] if lock else 1980)
-            if lock is not None:
-                applied.locked_min_sm_clock_mhz, applied.locked_max_sm_clock_mhz = lock
-            ack = pb.CommandAck(
-                command_id=cmd.command_id,
-                instance=cmd.instance,
-                ok=True,
-                applied=[applied],
-                applied_at_s=time.time(),
-            )
-            self._put(ack=ack)
-            self._acks_since_window.append(ack)
+                continue
+            self._acks_since_window.extend(acks)
+
+    def _apply(self, cmd: pb.SetClocks | pb.ResetClocks) -> pb.CommandAck:
+        sent = self._sent_at.pop(cmd.instance, None)
+        if sent is not None:
+            self.counts.rtt_s.append(time.monotonic() - sent)
+        self.counts.commands += 1
+        if isinstance(cmd, pb.SetClocks):
+            self._locks[cmd.instance] = (cmd.min_sm_clock_mhz, cmd.max_sm_clock_mhz)
+        else:
+            self._locks[cmd.instance] = None
+        lock = self._locks[cmd.instance]
+        gpu = int(cmd.instance.rsplit("-", 1)[1])
+        applied = pb.AppliedClocks(gpu_index=gpu, sm_clock_mhz=lock[1] if lock else 1980)
+        if lock is not None:
+            applied.locked_min_sm_clock_mhz, applied.locked_max_sm_clock_mhz = lock
+        return pb.CommandAck(
+            command_id=cmd.command_id,
+            instance=cmd.instance,
+            ok=True,
+            applied=[applied],
+            applied_at_s=time.time(),
+        )
 
 
 def run_nodes(

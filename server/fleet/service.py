@@ -52,6 +52,22 @@ MAX_ACKS_PER_WINDOW = 1024
 INTERNAL_ERROR = "the server failed to handle this message; the details are in its log"
 
 
+def _send_commands(session: AgentSession, commands: list[pb.ServerMessage]) -> None:
+    """One message for the commands of one Telemetry: a node's 8 instances cost the
+    stream 1 message (and 1 Acks back) a window, not 8 each way."""
+    if len(commands) == 1:
+        session.send(commands[0])
+    elif commands:
+        batch = pb.Commands()
+        for message in commands:
+            kind = message.WhichOneof("body")
+            if kind == "set_clocks":
+                batch.commands.add(set_clocks=message.set_clocks)
+            elif kind == "reset_clocks":
+                batch.commands.add(reset_clocks=message.reset_clocks)
+        session.send(pb.ServerMessage(commands=batch))
+
+
 class FleetService:
     def __init__(
         self,
@@ -419,6 +435,7 @@ class FleetService:
                 # would apply its decision twice, storing it again would count it twice.
                 self.windows_skipped += len(telemetry.windows)
                 return
+        commands: list[pb.ServerMessage] = []
         for window in telemetry.windows:
             runtime = session.instances.get(window.instance)
             try:
@@ -447,7 +464,7 @@ class FleetService:
                 session.remember_command(outcome.command_row["id"], runtime.name)
                 if len(session.born) < session.pending_limit:
                     session.born[outcome.command_row["id"]] = read_at
-                session.send(outcome.command)
+                commands.append(outcome.command)
             self._writer.add_decision(outcome.decision_row)
             self.decide_times.observe(time.perf_counter() - started)
             totals = self.totals.setdefault(runtime.instance_id, InstanceTotals())
@@ -456,6 +473,7 @@ class FleetService:
             totals.decisions += 1
             if runtime.decisions % self.state_save_every == 0:
                 self._save_state(runtime)
+        _send_commands(session, commands)
         if telemetry.replayed and telemetry.acks:
             self._recover_acks(session, seq, telemetry.acks, now)
         if window_seq:
@@ -567,6 +585,18 @@ class FleetService:
             await asyncio.to_thread(set_monitor_only, self._factory, changed)
 
     # ---- acks --------------------------------------------------------------------
+    def acks(self, session: AgentSession, seq: int, acks: Sequence[pb.CommandAck]) -> None:
+        """An Acks message: the acks of one Commands, each taken as if sent alone."""
+        if len(acks) > MAX_ACKS_PER_WINDOW:
+            session.send(
+                self.error(
+                    seq, "invalid_value", f"acks: {len(acks)}, more than {MAX_ACKS_PER_WINDOW}"
+                )
+            )
+            return
+        for ack in acks:
+            self.ack(session, seq, ack)
+
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:
         try:
             row = validation.ack_row(ack)

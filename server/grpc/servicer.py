@@ -78,12 +78,20 @@ class AgentLinkServicer:
 
     def _sent(self, session: AgentSession, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("body")
-        if kind not in ("set_clocks", "reset_clocks"):
+        if kind in ("set_clocks", "reset_clocks"):
+            ids = [getattr(message, kind).command_id]
+        elif kind == "commands":
+            ids = [
+                getattr(c, c.WhichOneof("kind") or "set_clocks").command_id
+                for c in message.commands.commands
+            ]
+        else:
             return
-        command_id = getattr(message, kind).command_id
-        born = session.born.pop(command_id, None)
-        if born is not None:
-            self._fleet.command_latency.observe(time.perf_counter() - born)
+        now = time.perf_counter()
+        for command_id in ids:
+            born = session.born.pop(command_id, None)
+            if born is not None:
+                self._fleet.command_latency.observe(now - born)
 
     async def _handshake(
         self, requests: AsyncIterator[pb.AgentMessage | Malformed], context: Any, token: TokenInfo
@@ -139,6 +147,8 @@ class AgentLinkServicer:
                 self._fleet.telemetry(session, msg.seq, msg.telemetry, read_at)
             elif kind == "ack":
                 self._fleet.ack(session, msg.seq, msg.ack)
+            elif kind == "acks":
+                self._fleet.acks(session, msg.seq, msg.acks.acks)
             elif kind == "control_status":
                 task = asyncio.create_task(
                     self._fleet.control_status(session, msg.seq, msg.control_status)

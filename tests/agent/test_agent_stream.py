@@ -177,3 +177,20 @@ async def test_a_gpu_lost_mid_run_is_unknown_in_windows_and_reported_monitor_onl
         await server.wait_for("ack", 2)
         assert not server.of_kind("ack")[-1].ack.ok
         assert backend.calls["set_locked_sm_clocks_mhz"] == sets
+
+
+async def test_a_commands_message_is_applied_in_order_and_answered_with_one_acks() -> None:
+    backend = FakeBackend(gpus=2)
+    async with running(backend, gpus=2) as (agent, server):
+        batch = pb.Commands()
+        batch.commands.add(set_clocks=set_clocks("vllm-0", 1, mhz=1200))
+        batch.commands.add(set_clocks=set_clocks("vllm-1", 2, mhz=1500))
+        batch.commands.add(reset_clocks=pb.ResetClocks(command_id="c3", instance="vllm-0"))
+        server.send(commands=batch)
+        await server.wait_for("acks")
+        (answer,) = server.of_kind("acks")
+        assert [a.command_id for a in answer.acks.acks] == ["c1", "c2", "c3"]
+        assert all(a.ok for a in answer.acks.acks)
+        assert backend.locked_sm_clocks_mhz(0) is None  # locked, then reset, in that order
+        assert backend.locked_sm_clocks_mhz(1) == (210, 1500)
+        assert agent.acks_sent == 3

@@ -83,6 +83,7 @@ class AgentMessage(_message.Message):
     TELEMETRY_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     CONTROL_STATUS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Increases by one per message on a stream; errors from the server refer to it."""
     @_builtins.property
@@ -93,6 +94,8 @@ class AgentMessage(_message.Message):
     def ack(self) -> Global___CommandAck: ...
     @_builtins.property
     def control_status(self) -> Global___ControlStatus: ...
+    @_builtins.property
+    def acks(self) -> Global___Acks: ...
     def __init__(
         self,
         *,
@@ -101,16 +104,39 @@ class AgentMessage(_message.Message):
         telemetry: Global___Telemetry | None = ...,
         ack: Global___CommandAck | None = ...,
         control_status: Global___ControlStatus | None = ...,
+        acks: Global___Acks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "control_status", b"control_status", "hello", b"hello", "telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "body", b"body", "control_status", b"control_status", "hello", b"hello", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "control_status", b"control_status", "hello", b"hello", "seq", b"seq", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "body", b"body", "control_status", b"control_status", "hello", b"hello", "seq", b"seq", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "telemetry", "ack", "control_status"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "telemetry", "ack", "control_status", "acks"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class Acks(_message.Message):
+    """The acks of one Commands message, together (as many messages fewer)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandAck]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___CommandAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Acks: _TypeAlias = Acks  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -842,6 +868,7 @@ class ServerMessage(_message.Message):
     RESET_CLOCKS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     STORED_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -852,6 +879,8 @@ class ServerMessage(_message.Message):
     def error(self) -> Global___Error: ...
     @_builtins.property
     def stored(self) -> Global___Stored: ...
+    @_builtins.property
+    def commands(self) -> Global___Commands: ...
     def __init__(
         self,
         *,
@@ -860,16 +889,68 @@ class ServerMessage(_message.Message):
         reset_clocks: Global___ResetClocks | None = ...,
         error: Global___Error | None = ...,
         stored: Global___Stored | None = ...,
+        commands: Global___Commands | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "commands", b"commands", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "commands", b"commands", "error", b"error", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks", "stored", b"stored", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "set_clocks", "reset_clocks", "error", "stored"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "set_clocks", "reset_clocks", "error", "stored", "commands"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015
+
+@_typing.final
+class Commands(_message.Message):
+    """The commands one Telemetry caused for several instances, in one message rather than
+    one each (a node of 8 GPUs: 1 message a window, not 8). Applied in order, each as if
+    sent alone; the agent answers with one Acks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]: ...
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[Global___Command] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Commands: _TypeAlias = Commands  # noqa: Y015
+
+@_typing.final
+class Command(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_CLOCKS_FIELD_NUMBER: _builtins.int
+    RESET_CLOCKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def set_clocks(self) -> Global___SetClocks: ...
+    @_builtins.property
+    def reset_clocks(self) -> Global___ResetClocks: ...
+    def __init__(
+        self,
+        *,
+        set_clocks: Global___SetClocks | None = ...,
+        reset_clocks: Global___ResetClocks | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reset_clocks", b"reset_clocks", "set_clocks", b"set_clocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["set_clocks", "reset_clocks"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
