@@ -87,7 +87,7 @@ async def test_fleet_page_lists_nodes_and_links_to_decisions(
             for start in (2000.0, 2001.0):
                 windows = [window("vllm-0", start), window("vllm-1", start)]
                 stream.send(telemetry=pb.Telemetry(windows=windows))
-                await stream.read_kind("set_clocks")
+                await stream.read_kind("commands")  # both instances' locks, one message
             await srv.app.state.writer.flush()
 
             await page.reload()
