@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import httpx
 
+from agft.commands import commands_of
 from agft.engines import engine_to_wire
 from agft.v1 import agent_pb2 as pb
 from agft.v1 import agent_pb2_grpc as pb_grpc
@@ -210,17 +211,12 @@ class Agent:
                         return
                     yield msg
                     continue
-                entry = self.resend.next_after(max(sent_through, self.resend.stored_through))
-                if welcomed and entry is not None:
+                due = self.resend.next_to_send(sent_through, self.sessions_started)
+                if welcomed and due is not None:
                     # Pulled one at a time as gRPC can send: a server that stops reading
                     # (its database behind) holds windows here, counted and bounded,
                     # instead of in an unbounded queue.
-                    sent_through = entry.seq
-                    telemetry = entry.telemetry
-                    if entry.session != self.sessions_started:
-                        telemetry = pb.Telemetry()
-                        telemetry.CopyFrom(entry.telemetry)
-                        telemetry.replayed = True
+                    sent_through, telemetry = due
                     seq += 1
                     yield pb.AgentMessage(seq=seq, telemetry=telemetry)
                     self.windows_sent += len(telemetry.windows)
@@ -272,21 +268,14 @@ class Agent:
             if msg is grpc.aio.EOF:
                 raise OSError("server closed the stream")
             kind = msg.WhichOneof("body")
-            if kind in ("set_clocks", "reset_clocks"):
-                acks = [
-                    await self._apply(msg.set_clocks if kind == "set_clocks" else msg.reset_clocks)
-                ]
+            if kind in ("set_clocks", "reset_clocks", "commands"):
+                # Applied in order; one ack for a command alone, one Acks for several.
+                acks = [await self._apply(command) for command in commands_of(msg)]
                 self._report_control(send)  # a refusal may have taken a GPU out of control
-                send(ack=acks[0])
-            elif kind == "commands":
-                # One message for the node's instances: applied in order, one Acks back.
-                acks = []
-                for command in msg.commands.commands:
-                    which = command.WhichOneof("kind")
-                    if which is not None:
-                        acks.append(await self._apply(getattr(command, which)))
-                self._report_control(send)
-                send(acks=pb.Acks(acks=acks))
+                if kind == "commands":
+                    send(acks=pb.Acks(acks=acks))
+                else:
+                    send(ack=acks[0])
             elif kind == "stored":
                 if msg.stored.boot_id == self.boot_id:
                     self.resend.stored(msg.stored.through_seq)

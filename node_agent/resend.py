@@ -72,6 +72,20 @@ class ResendBuffer:
         while self._entries and self._entries[0].seq <= through_seq:
             self._entries.popleft()
 
+    def next_to_send(self, sent_through: int, session: int) -> tuple[int, pb.Telemetry] | None:
+        """What a stream sends next, having sent through sent_through: the oldest window
+        not stored, with its seq. One measured before this stream (session) began goes
+        as a copy marked replayed: its moment passed, the server records it only."""
+        entry = self.next_after(max(sent_through, self.stored_through))
+        if entry is None:
+            return None
+        if entry.session == session:
+            return entry.seq, entry.telemetry
+        telemetry = pb.Telemetry()
+        telemetry.CopyFrom(entry.telemetry)
+        telemetry.replayed = True
+        return entry.seq, telemetry
+
     def next_after(self, seq: int) -> Buffered | None:
         """The oldest kept window numbered above seq (None: none yet)."""
         for entry in self._entries:  # a short scan: only the unstored are kept

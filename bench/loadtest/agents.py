@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from agft.commands import commands_of
 from agft.v1 import agent_pb2 as pb
 from agft.v1 import agent_pb2_grpc as pb_grpc
 from bench.loadtest import synthetic
@@ -94,7 +95,6 @@ class _Node:
         self._session = 0
         self._locks: dict[str, tuple[int, int] | None] = {}
         self._sent_at: dict[str, float] = {}  # instance -> when its last window left
-        self._welcomed = False
         self._acks_since_window: list[pb.CommandAck] = []  # again in the next window
 
     def _put(self, **body: Any) -> None:
@@ -121,17 +121,13 @@ class _Node:
                     self.counts.acks_sent += len(msg.acks.acks)
                 yield msg
                 continue
-            entry = self.buffer.next_after(max(state.sent_through, self.buffer.stored_through))
-            if state.welcomed and entry is not None:
-                state.sent_through = entry.seq
-                telemetry = entry.telemetry
-                if entry.session != self._session:
-                    telemetry = pb.Telemetry()
-                    telemetry.CopyFrom(entry.telemetry)
-                    telemetry.replayed = True
+            due = self.buffer.next_to_send(state.sent_through, self._session)
+            if state.welcomed and due is not None:
+                state.sent_through, telemetry = due
+                if telemetry.replayed:
                     self.counts.windows_resent += len(telemetry.windows)
                 elif not state.first_fresh:
-                    state.first_fresh = entry.seq
+                    state.first_fresh = state.sent_through
                 self._seq += 1
                 now = time.monotonic()
                 for w in telemetry.windows:
@@ -148,13 +144,12 @@ class _Node:
         try:
             while True:
                 address = self.addresses[turn % len(self.addresses)]
-                self._welcomed = False
                 try:
                     if await self._stream(address, windows):
                         return
                 except (grpc.aio.AioRpcError, OSError, RuntimeError):
                     pass
-                if self._welcomed:  # a stream that had been working, lost
+                if self._stream_state.welcomed:  # a stream that had been working, lost
                     self.counts.lost_at.append(time.time())
                 turn += 1  # that replica is gone or refused: the next one
                 if windows.done() and time.monotonic() > stop_at + DRAIN_S:
@@ -181,7 +176,7 @@ class _Node:
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 raise RuntimeError(f"{self.node_id}: no Welcome")
-            self.counts.connected = self._welcomed = True
+            self.counts.connected = True
             self.counts.sessions += 1
             self._session += 1
             self.buffer.stored(first.welcome.stored_through_seq)
@@ -265,19 +260,13 @@ class _Node:
                         # back for this node.
                         self.counts.regained_at.append(time.time())
                 continue
-            if kind in ("set_clocks", "reset_clocks"):
-                ack = self._apply(getattr(msg, kind))
-                self._put(ack=ack)
-                acks = [ack]
-            elif kind == "commands":  # a node's instances' commands in one message
-                acks = []
-                for command in msg.commands.commands:
-                    which = command.WhichOneof("kind")
-                    if which is not None:
-                        acks.append(self._apply(getattr(command, which)))
+            acks = [self._apply(command) for command in commands_of(msg)]
+            if not acks:
+                continue
+            if kind == "commands":  # a node's instances' commands came in one message
                 self._put(acks=pb.Acks(acks=acks))
             else:
-                continue
+                self._put(ack=acks[0])
             self._acks_since_window.extend(acks)
 
     def _apply(self, cmd: pb.SetClocks | pb.ResetClocks) -> pb.CommandAck:

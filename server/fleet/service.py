@@ -487,14 +487,7 @@ class FleetService:
         """A replayed window's acks: the replica they were sent to may have died before it
         wrote them (and the commands they answer). Each is stored if missing: its command
         row made from what the agent applied, or its ack added where none is."""
-        if len(acks) > MAX_ACKS_PER_WINDOW:
-            session.send(
-                self.error(
-                    seq,
-                    "invalid_value",
-                    f"telemetry.acks: {len(acks)} acks, more than {MAX_ACKS_PER_WINDOW}",
-                )
-            )
+        if not self._acks_within_bound(session, seq, "telemetry.acks", len(acks)):
             return
         for ack in acks:
             runtime = session.instances.get(ack.instance)
@@ -587,15 +580,19 @@ class FleetService:
     # ---- acks --------------------------------------------------------------------
     def acks(self, session: AgentSession, seq: int, acks: Sequence[pb.CommandAck]) -> None:
         """An Acks message: the acks of one Commands, each taken as if sent alone."""
-        if len(acks) > MAX_ACKS_PER_WINDOW:
-            session.send(
-                self.error(
-                    seq, "invalid_value", f"acks: {len(acks)}, more than {MAX_ACKS_PER_WINDOW}"
-                )
-            )
+        if not self._acks_within_bound(session, seq, "acks", len(acks)):
             return
         for ack in acks:
             self.ack(session, seq, ack)
+
+    def _acks_within_bound(self, session: AgentSession, seq: int, field: str, count: int) -> bool:
+        """Whether a message's acks are within MAX_ACKS_PER_WINDOW; if not, it is refused
+        whole with an error naming the field."""
+        if count <= MAX_ACKS_PER_WINDOW:
+            return True
+        message = f"{field}: {count} acks, more than {MAX_ACKS_PER_WINDOW}"
+        session.send(self.error(seq, "invalid_value", message))
+        return False
 
     def ack(self, session: AgentSession, seq: int, ack: pb.CommandAck) -> None:
         try:

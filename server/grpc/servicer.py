@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from agft.commands import commands_of
 from agft.v1 import agent_pb2 as pb
 from server.auth.store import AuthError, TokenInfo, verify
 from server.auth.tokens import bearer
@@ -77,19 +78,12 @@ class AgentLinkServicer:
             await self._fleet.disconnect(session)
 
     def _sent(self, session: AgentSession, message: pb.ServerMessage) -> None:
-        kind = message.WhichOneof("body")
-        if kind in ("set_clocks", "reset_clocks"):
-            ids = [getattr(message, kind).command_id]
-        elif kind == "commands":
-            ids = [
-                getattr(c, c.WhichOneof("kind") or "set_clocks").command_id
-                for c in message.commands.commands
-            ]
-        else:
+        commands = commands_of(message)
+        if not commands:
             return
         now = time.perf_counter()
-        for command_id in ids:
-            born = session.born.pop(command_id, None)
+        for command in commands:
+            born = session.born.pop(command.command_id, None)
             if born is not None:
                 self._fleet.command_latency.observe(now - born)
 

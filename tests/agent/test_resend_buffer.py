@@ -46,3 +46,21 @@ def test_a_full_buffer_drops_its_oldest_and_counts_them() -> None:
 def test_a_buffer_holds_at_least_one_window() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ResendBuffer(0)
+
+
+def test_a_window_measured_before_this_stream_goes_as_a_replayed_copy() -> None:
+    buffer = ResendBuffer(10)
+    buffer.add(_window(0.0), session=1)  # measured during stream 1
+    buffer.add(_window(1.0), session=2)  # measured during stream 2, the one sending
+    first = buffer.next_to_send(0, session=2)
+    assert first is not None
+    seq, telemetry = first
+    assert (seq, telemetry.replayed) == (1, True)
+    kept = buffer.next_after(0)
+    assert kept is not None and not kept.telemetry.replayed  # the copy is marked, not it
+    second = buffer.next_to_send(seq, session=2)
+    assert second is not None and second[0] == 2 and not second[1].replayed
+    assert buffer.next_to_send(2, session=2) is None
+    buffer.stored(1)
+    again = buffer.next_to_send(0, session=3)  # a new stream starts past what is stored
+    assert again is not None and again[0] == 2 and again[1].replayed
