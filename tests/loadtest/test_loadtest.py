@@ -4,7 +4,6 @@ processes over loopback gRPC, and a count that finds nothing lost."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from bench.loadtest.run import _histogram_quantile
+from tests.helpers.databases import postgres_admin_url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_small_fleet_loses_nothing(tmp_path: Path, backend: str) -> None:
-    url = ""
-    if backend == "postgresql":
-        url = os.environ.get("AGFT_TEST_POSTGRES_URL", "")
-        if not url:
-            pytest.skip("AGFT_TEST_POSTGRES_URL not set")
+    url = (postgres_admin_url() or "") if backend == "postgresql" else ""
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "agft_cli.main", "loadtest", "--nodes", "3",
@@ -60,9 +56,7 @@ def test_bad_arguments_are_one_line() -> None:
 
 
 def test_a_killed_replica_moves_its_nodes_and_loses_no_window(tmp_path: Path) -> None:
-    url = os.environ.get("AGFT_TEST_POSTGRES_URL", "")
-    if not url:
-        pytest.skip("AGFT_TEST_POSTGRES_URL not set")
+    url = postgres_admin_url() or ""
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "agft_cli.main", "loadtest", "--nodes", "4",
