@@ -7,6 +7,7 @@ resulting command with the agent's ClockController. Nothing here decides anythin
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -168,8 +169,9 @@ def run_policy(
             window,
             now=datetime.fromtimestamp(node.now(), UTC),
             lease_s=spec.lease_s,
-            # Deterministic ids: same seed, same messages.
-            command_id=f"{label}-{k}",
+            # Deterministic ids: same seed, same messages; a digest of the label, as a
+            # policy with tunables can be longer than a command id may be.
+            command_id=f"{command_prefix(label)}-{k}",
         )
         run.decide_cpu_ns.append(time.process_time_ns() - cpu0)
         if outcome.command is not None and not _apply(clocks, outcome.command):
@@ -192,6 +194,10 @@ def run_policy(
     run.final_state = runtime.policy.state()
     run.wall_s = time.perf_counter() - wall0
     return run
+
+
+def command_prefix(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()[:16]
 
 
 def _relative(r: RequestRecord, t0: float) -> RequestRecord:

@@ -7,12 +7,14 @@ energy is unknown.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import grpc
 import pytest
 
 from agft.v1 import agent_pb2 as pb
+from server.fleet.validation import InvalidMessageError
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import running_server
 
@@ -201,3 +203,12 @@ async def test_the_guard_does_not_stop_a_policy_on_complete_telemetry(sqlite_url
         finally:
             await stream.close()
     assert command.max_sm_clock_mhz == 1200
+
+
+def test_a_refusal_survives_pickling() -> None:
+    # The benchmark's worker processes hand exceptions back by pickling; one that cannot
+    # be rebuilt breaks the whole pool and hides the refusal behind BrokenProcessPool.
+    err = InvalidMessageError("invalid_value", "command_id: 65 characters, at most 64 allowed")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, InvalidMessageError)
+    assert (back.code, back.message, str(back)) == (err.code, err.message, str(err))

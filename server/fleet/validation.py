@@ -49,6 +49,10 @@ class InvalidMessageError(ValueError):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[InvalidMessageError], tuple[str, str]]:
+        # Picklable, so a benchmark's worker process can hand it back instead of dying.
+        return (type(self), (self.code, self.message))
+
 
 def _bad(field: str, value: object, why: str) -> InvalidMessageError:
     return InvalidMessageError("invalid_value", f"{field}={value!r}: {why}")

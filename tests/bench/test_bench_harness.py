@@ -11,7 +11,7 @@ import pytest
 import bench.harness as harness
 from agft.v1 import agent_pb2 as pb
 from bench.arrivals import Arrivals
-from bench.harness import RunSpec, run_policy
+from bench.harness import RunSpec, command_prefix, run_policy
 from server.control.registry import make_policy
 from server.fleet.decider import decide_window
 from sim.node import SimulatedNode
@@ -63,9 +63,18 @@ def test_static_policy_locks_the_simulated_gpu_through_decide_window(
     assert all(c is not None and c.WhichOneof("body") == "set_clocks" for c in spy.commands)
     assert spy.windows[0].command_id == ""
     assert [w.command_id for w in spy.windows[1:]] == [
-        f"static-{k}" for k in range(1, spec.windows)
+        f"{command_prefix('static')}-{k}" for k in range(1, spec.windows)
     ]
     assert run.commands_failed == 0
+
+
+def test_a_policy_with_a_long_label_runs(spec_90s: RunSpec) -> None:
+    # A label with tunables is longer than a command id may be (64 characters): the ids
+    # carry a digest of it, and every lock still lands.
+    label = "agft:max_slowdown=0.1:down_step_mhz=300:dwell_windows=0:latency_alpha=0.25"
+    run = run_policy(spec_90s, make_policy("static", static_clock_mhz=1200), label=label)
+    assert run.commands_failed == 0
+    assert set(run.clock_in_force_mhz[1:]) == {1200}
 
 
 def test_default_policy_never_locks(spec_90s: RunSpec, monkeypatch: pytest.MonkeyPatch) -> None:
