@@ -33,43 +33,48 @@ def nodes_with_gpus(db: Session) -> list[dict[str, Any]]:
     ]
 
 
+_INSTANCE_FIELDS = (
+    "id",
+    "name",
+    "engine",
+    "model_name",
+    "metrics_url",
+    "monitor_only_reason",
+    "labels",
+    "mode",
+    "pinned_sm_clock_mhz",
+    "mode_note",
+    "mode_changed_at",
+    "mode_changed_by",
+    "gpu_indices",
+    "last_seen_at",
+)
+_INSTANCE_COLUMNS = [Instance.__table__.c[name] for name in _INSTANCE_FIELDS]
+
+
 def instances(db: Session) -> list[dict[str, Any]]:
-    rows = db.execute(
-        select(Instance, Node.node_id, Node.connected)
+    # Plain rows, not ORM objects: a fleet lists thousands, and hydrating each into the
+    # session's identity map cost more than the query.
+    result = db.execute(
+        select(*_INSTANCE_COLUMNS, Node.node_id, Node.connected)
         .join(Node, Node.id == Instance.node_pk)
         .order_by(Node.node_id, Instance.name)
-    ).all()
-    return [_instance_dict(inst, node_id, connected) for inst, node_id, connected in rows]
+    )
+    keys = list(result.keys())  # once: a mapping per row rebuilt them each time (50 us)
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def instance(db: Session, instance_id: int) -> dict[str, Any] | None:
-    row = db.execute(
-        select(Instance, Node.node_id, Node.connected)
-        .join(Node, Node.id == Instance.node_pk)
-        .where(Instance.id == instance_id)
-    ).first()
-    return _instance_dict(*row) if row else None
-
-
-def _instance_dict(inst: Instance, node_id: str, connected: bool) -> dict[str, Any]:
-    return {
-        "id": inst.id,
-        "node_id": node_id,
-        "name": inst.name,
-        "engine": inst.engine,
-        "model_name": inst.model_name,
-        "metrics_url": inst.metrics_url,
-        "monitor_only_reason": inst.monitor_only_reason,
-        "labels": inst.labels,
-        "mode": inst.mode,
-        "pinned_sm_clock_mhz": inst.pinned_sm_clock_mhz,
-        "mode_note": inst.mode_note,
-        "mode_changed_at": inst.mode_changed_at,
-        "mode_changed_by": inst.mode_changed_by,
-        "gpu_indices": inst.gpu_indices,
-        "connected": connected,
-        "last_seen_at": inst.last_seen_at,
-    }
+    row = (
+        db.execute(
+            select(*_INSTANCE_COLUMNS, Node.node_id, Node.connected)
+            .join(Node, Node.id == Instance.node_pk)
+            .where(Instance.id == instance_id)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
 
 
 def decisions_page(
