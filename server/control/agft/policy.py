@@ -42,7 +42,7 @@ from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
 from server.control.ridge import RidgeArm
 from server.control.state_schema import StateReader
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 _STATE_KEYS = frozenset(
     (
         "version",
