@@ -304,6 +304,9 @@ class FleetService:
             self._save_state(runtime)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
+            # A node gone from this replica needs no Stored; a fleet's churn must not
+            # leave one entry per node ever seen.
+            self._node_ids.pop(session.node_pk, None)
             for runtime in session.instances.values():
                 if self.live.get(runtime.instance_id, (None, None))[0] is session:
                     del self.live[runtime.instance_id]

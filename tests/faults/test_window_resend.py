@@ -15,6 +15,7 @@ from server.fleet.decider import RECOVERED_REASON, REPLAYED_REASON
 from server.store.models import ClockCommand
 from tests.helpers.raw_agent import RawStream, hello, window
 from tests.helpers.running import RunningServer, running_server
+from tests.helpers.simnode import eventually
 
 BOOT = 7_000_001
 
@@ -82,6 +83,20 @@ async def test_stored_follows_the_commit_and_a_window_sent_again_is_taken_once(
         assert commands == [], "a replayed window caused a command"
         fleet = srv.app.state.fleet
         assert fleet.windows_skipped == 1
+
+
+async def test_a_disconnected_node_leaves_nothing_behind_for_stored(database_url: str) -> None:
+    async with running_server(database_url) as srv:
+        fleet = srv.app.state.fleet
+        stream, _ = await _connect(srv, srv.node_token("resend-node"))
+        try:
+            stream.send(telemetry=_numbered(1))
+            await _stored_through(stream, 1)
+            assert list(fleet._node_ids.values()) == ["resend-node"]
+        finally:
+            await stream.close()
+        await eventually(lambda: not fleet.sessions, 10, "the stream to end")
+        assert fleet._node_ids == {}
 
 
 async def test_a_new_boot_starts_its_numbering_afresh(database_url: str) -> None:
