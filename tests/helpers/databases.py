@@ -17,7 +17,9 @@ POSTGRES_ENV = "AGFT_TEST_POSTGRES_URL"
 REQUIRE_ENV = "AGFT_REQUIRE_POSTGRES"
 
 
-def postgres_admin_url() -> str | None:
+def postgres_admin_url() -> str:
+    """The PostgreSQL URL the tests use; skips the test (fails it under AGFT_REQUIRE_POSTGRES=1)
+    when there is none."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         if os.environ.get(REQUIRE_ENV) == "1":
@@ -29,7 +31,6 @@ def postgres_admin_url() -> str | None:
 @contextmanager
 def fresh_postgres() -> Iterator[str]:
     admin = postgres_admin_url()
-    assert admin is not None
     name = f"agft_test_{uuid.uuid4().hex[:12]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     try:

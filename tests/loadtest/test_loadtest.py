@@ -16,7 +16,7 @@ from tests.helpers.databases import postgres_admin_url
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_small_fleet_loses_nothing(tmp_path: Path, backend: str) -> None:
-    url = (postgres_admin_url() or "") if backend == "postgresql" else ""
+    url = postgres_admin_url() if backend == "postgresql" else ""
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "agft_cli.main", "loadtest", "--nodes", "3",
@@ -56,7 +56,7 @@ def test_bad_arguments_are_one_line() -> None:
 
 
 def test_a_killed_replica_moves_its_nodes_and_loses_no_window(tmp_path: Path) -> None:
-    url = postgres_admin_url() or ""
+    url = postgres_admin_url()
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "agft_cli.main", "loadtest", "--nodes", "4",
