@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Result, Select, select
 from sqlalchemy.orm import Session
 
 from server.store.models import Decision, Gpu, Instance, Node
@@ -52,29 +52,26 @@ _INSTANCE_FIELDS = (
 _INSTANCE_COLUMNS = [Instance.__table__.c[name] for name in _INSTANCE_FIELDS]
 
 
-def instances(db: Session) -> list[dict[str, Any]]:
+def _instance_rows() -> Select[Any]:
     # Plain rows, not ORM objects: a fleet lists thousands, and hydrating each into the
     # session's identity map cost more than the query.
-    result = db.execute(
-        select(*_INSTANCE_COLUMNS, Node.node_id, Node.connected)
-        .join(Node, Node.id == Instance.node_pk)
-        .order_by(Node.node_id, Instance.name)
+    return select(*_INSTANCE_COLUMNS, Node.node_id, Node.connected).join(
+        Node, Node.id == Instance.node_pk
     )
-    keys = list(result.keys())  # once: a mapping per row rebuilt them each time (50 us)
+
+
+def _dicts(result: Result[Any]) -> list[dict[str, Any]]:
+    keys = list(result.keys())  # once, not a mapping's keys rebuilt for every row
     return [dict(zip(keys, row, strict=True)) for row in result]
 
 
+def instances(db: Session) -> list[dict[str, Any]]:
+    return _dicts(db.execute(_instance_rows().order_by(Node.node_id, Instance.name)))
+
+
 def instance(db: Session, instance_id: int) -> dict[str, Any] | None:
-    row = (
-        db.execute(
-            select(*_INSTANCE_COLUMNS, Node.node_id, Node.connected)
-            .join(Node, Node.id == Instance.node_pk)
-            .where(Instance.id == instance_id)
-        )
-        .mappings()
-        .first()
-    )
-    return dict(row) if row else None
+    found = _dicts(db.execute(_instance_rows().where(Instance.id == instance_id)))
+    return found[0] if found else None
 
 
 def decisions_page(
