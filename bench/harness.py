@@ -197,6 +197,7 @@ def run_policy(
 
 
 def command_prefix(label: str) -> str:
+    """What a run's command ids start with: short and fixed, whatever the label."""
     return hashlib.sha256(label.encode()).hexdigest()[:16]
 
 

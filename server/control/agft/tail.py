@@ -46,6 +46,14 @@ GRID_CENTRES: FloatArray = np.sqrt(GRID_EDGES[:-1] * GRID_EDGES[1:])
 LOG_EDGES: FloatArray = np.log(GRID_EDGES)
 
 
+def bucket_counts(hist: HistogramDelta) -> FloatArray:
+    """One count a bucket bound, and +Inf (validation's shape)."""
+    counts = np.zeros(len(hist.upper_bounds) + 1)
+    given = np.asarray(hist.bucket_counts[: len(counts)], dtype=np.float64)
+    counts[: len(given)] = given
+    return counts
+
+
 def shaped_cdf(hist: HistogramDelta, at: FloatArray, above: FloatArray | None) -> FloatArray:
     """Observations at most each of `at`, exact at bucket bounds. Inside a bucket the
     count is split as a power law (a truncated Pareto) through `above`, the mass above
@@ -55,9 +63,7 @@ def shaped_cdf(hist: HistogramDelta, at: FloatArray, above: FloatArray | None) -
     (from 0) and a bucket with nothing pooled above it are spread evenly, as without
     `above`; the +Inf bucket's observations sit at the last finite bound."""
     bounds = np.concatenate(([0.0], np.asarray(hist.upper_bounds, dtype=np.float64)))
-    counts = np.zeros(len(bounds))  # one bucket a bound, and +Inf (validation's shape)
-    given = np.asarray(hist.bucket_counts[: len(counts)], dtype=np.float64)
-    counts[: len(given)] = given
+    counts = bucket_counts(hist)
     cum = np.concatenate(([0.0], np.cumsum(counts[:-1])))
     cum[-1] += counts[-1]  # +Inf: at the last bound
     x = np.asarray(at, dtype=np.float64)
@@ -70,9 +76,9 @@ def shaped_cdf(hist: HistogramDelta, at: FloatArray, above: FloatArray | None) -
     split = (counts[:-1] > 0) & (s_hi > 0) & (s_lo > s_hi) & (bounds[:-1] > 0)
     if not split.any():
         return result
-    j = np.searchsorted(bounds, x, side="right") - 1  # the bucket each point falls in
-    inside = (j >= 0) & (j < len(split)) & (x > bounds[np.clip(j, 0, len(bounds) - 1)])
-    where = np.flatnonzero(inside & split[np.clip(j, 0, len(split) - 1)])
+    # The bucket each point falls in; a point on a bound splits nothing (depth 0).
+    j = np.searchsorted(bounds, x, side="right") - 1
+    where = np.flatnonzero((j >= 0) & (j < len(split)) & split[np.clip(j, 0, len(split) - 1)])
     if where.size == 0:
         return result
     jj = j[where]
@@ -125,9 +131,7 @@ class PooledLatencies:
         self._stats.clear()
 
     def _learn_shape(self, hist: HistogramDelta) -> None:
-        counts = np.zeros(len(hist.upper_bounds) + 1)
-        given = np.asarray(hist.bucket_counts[: len(counts)], dtype=np.float64)
-        counts[: len(given)] = given
+        counts = bucket_counts(hist)
         if self.bounds != hist.upper_bounds or self.bucket_mass is None:
             self.bounds, self.bucket_mass = hist.upper_bounds, np.zeros(len(counts))
         self.bucket_mass *= 1.0 - 1.0 / self.windows
