@@ -35,7 +35,7 @@ from node_agent.link_security import auth_metadata, open_channel
 from node_agent.reflex import FastLoop
 from node_agent.resend import ResendBuffer
 from node_agent.serving.scraper import ServingScraper
-from node_agent.window import GpuWindowSampler
+from node_agent.window import GpuWindowSampler, next_window_tick
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class Agent:
         await asyncio.gather(*(s.next_window() for s in scrapers.values()))  # baselines
         next_tick = time.monotonic()
         while True:
-            next_tick += self.window_s
+            next_tick = next_window_tick(next_tick, time.monotonic(), self.window_s)
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
             start, end, gpu_windows = await asyncio.to_thread(sampler.sample)
             if sampler.unavailable:

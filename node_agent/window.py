@@ -12,6 +12,7 @@ make a window look 0 s or an hour long.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -93,18 +94,28 @@ class GpuWindowSampler:
         return start, end, out
 
     def _gpu_window(self, index: int, mono_end: float) -> pb.GpuWindow:
-        b = self._backend
         w = pb.GpuWindow(index=index)
         energy = self._energy_mj(index)
         mark = self._marks.get(index)
         if energy is not None and mark is not None and mark.energy_mj is not None:
             delta_mj = energy - mark.energy_mj
             interval = mono_end - mark.time_s
+            if delta_mj == 0 and interval > 0:
+                # The counter refreshes every 20-100 ms, and a GPU that is on never draws
+                # 0 W: it has not refreshed since the mark, so this window's energy is
+                # unknown, not zero. The mark stays, so the next window's figure covers
+                # both intervals and its average power is still energy over time.
+                return self._gpu_readings(index, w)
             # A counter that went backwards (driver reload) gives no honest figure.
-            if delta_mj >= 0 and interval > 0:
+            if delta_mj > 0 and interval > 0:
                 w.energy_j = delta_mj / 1000.0
                 w.avg_power_w = w.energy_j / interval
         self._marks[index] = _EnergyMark(mono_end, energy)
+        return self._gpu_readings(index, w)
+
+    def _gpu_readings(self, index: int, w: pb.GpuWindow) -> pb.GpuWindow:
+        """The instant readings of a window: power, clocks, utilisation, throttling."""
+        b = self._backend
         power_mw = self._power_mw(index)
         if power_mw is not None:
             w.power_w = power_mw / 1000.0
@@ -139,3 +150,18 @@ class GpuWindowSampler:
             except GpuError as err:
                 log.debug("GPU %d instantaneous power failed: %s", index, err)
         return self._try(index, lambda: self._backend.power_usage_mw(index))
+
+
+def next_window_tick(previous_tick_s: float, now_s: float, window_s: float) -> float:
+    """When the next window closes, on the monotonic clock.
+
+    Windows close on a fixed grid, so a late close does not stretch every later window.
+    After a stall longer than a window (a busy host, a slow NVML call) the ticks that
+    were missed are dropped rather than run back to back: a burst of windows a few
+    milliseconds long would carry no requests and an energy counter that had not moved.
+    """
+    tick = previous_tick_s + window_s
+    if now_s > tick:
+        missed = math.floor((now_s - previous_tick_s) / window_s)
+        tick = previous_tick_s + (missed + 1) * window_s
+    return tick

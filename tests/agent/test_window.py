@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node_agent.gpu.base import GpuError, GpuNotSupportedError
-from node_agent.window import GpuWindowSampler
+from node_agent.window import GpuWindowSampler, next_window_tick
 from tests.fakes.backend import FakeBackend
 
 
@@ -81,3 +81,33 @@ def test_a_transient_instant_power_failure_falls_back_and_asks_again() -> None:
     del backend.errors["instant_power_mw", 0]
     _, _, windows = sampler.sample()
     assert windows[0].power_w == 300.0
+
+
+def test_a_counter_that_has_not_refreshed_gives_unknown_energy_and_loses_none() -> None:
+    backend = FakeBackend()
+    mono = Clock(0.0)
+    sampler = GpuWindowSampler(backend, [0], mono)
+    sampler.prime()
+    # 30 ms later the counter (refreshed every 20-100 ms) still reads the same.
+    mono.now += 0.03
+    _, _, windows = sampler.sample()
+    assert not windows[0].HasField("energy_j")  # unknown, never a 0 W window
+    assert not windows[0].HasField("avg_power_w")
+    assert windows[0].HasField("sm_clock_mhz")  # the rest of the window is there
+    # The next window carries what the counter shows since the last figure, over the
+    # time since then: 0.03 + 0.97 s, 300 J, so 300 W and no joule lost.
+    mono.now += 0.97
+    backend.energy_mj[0] += 300_000
+    _, _, windows = sampler.sample()
+    assert windows[0].energy_j == 300.0
+    assert windows[0].avg_power_w == 300.0
+
+
+def test_windows_close_on_a_grid_and_a_stall_drops_the_ticks_it_missed() -> None:
+    # On time or a little late: the next grid point, so lateness does not accumulate.
+    assert next_window_tick(10.0, 10.05, 1.0) == 11.0
+    assert next_window_tick(10.0, 11.0, 1.0) == 11.0
+    # A stall of 2.5 windows: the next close is the first grid point after now, not
+    # three windows closed back to back a few milliseconds apart.
+    assert next_window_tick(10.0, 12.5, 1.0) == 13.0
+    assert next_window_tick(10.0, 11.000001, 1.0) == 12.0
