@@ -33,6 +33,9 @@ class ColdStart:
     after: int
     cold_saving_pct: float | None
     warm_saving_pct: float | None
+    # Over every window from the first: what the cold controller's warm-up costs as well.
+    cold_from_start_pct: float | None = None
+    warm_from_start_pct: float | None = None
 
     @property
     def share(self) -> float | None:
@@ -77,4 +80,6 @@ def cold_start(
         after=after,
         cold_saving_pct=_saving(cold, reference, after),
         warm_saving_pct=_saving(warm, reference, after),
+        cold_from_start_pct=_saving(cold, reference, 0),
+        warm_from_start_pct=_saving(warm, reference, 0),
     )

@@ -98,6 +98,8 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
         entry["cold_start_share"] = cold.share if cold is not None else None
         entry["cold_saving_pct"] = cold.cold_saving_pct if cold is not None else None
         entry["warm_saving_pct"] = cold.warm_saving_pct if cold is not None else None
+        entry["cold_from_start_pct"] = cold.cold_from_start_pct if cold is not None else None
+        entry["warm_from_start_pct"] = cold.warm_from_start_pct if cold is not None else None
         if name == "best-static" and result.best_static is not None:
             entry["best_static_clock_mhz"] = result.best_static.clock_mhz
         if name == "oracle" and result.oracle_steps is not None:

@@ -205,6 +205,26 @@ def test_misses_we_caused_tighten_the_attainment_gain() -> None:
     assert promises.limit(0.9, None, 0.5, 0.005) < 0.25
 
 
+def test_room_under_the_attainment_promise_does_not_loosen_the_slowdown_promise() -> None:
+    promises = TtftPromises(windows=900)
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        promises.add(histogram(rng.lognormal(math.log(0.05), 0.5, 10)), 1.0, 0.9, 0.05, 0.5, 0.005)
+    ref = promises.default_quantile(0.9)
+    assert ref is not None
+    # Few first tokens near the objective: the attainment gain rises to its ceiling.
+    # The tail integrator has charged the slowdown promise and tightened.
+    promises.misses.log_gain = math.log(CountedShare.GAIN_MAX)
+    promises.tail.log_gain = math.log(0.5)
+    # The slowdown limit is the tail gain's alone (it was once multiplied by the
+    # attainment gain, which cancelled the tightening and let p90 TTFT drift up).
+    assert promises.limit(0.9, 0.05, 0.5, 0.005) == pytest.approx(0.5 * 1.05 * ref)
+    # The attainment gain still moves the SLO's own limit when it is the tighter one.
+    promises.misses.log_gain = math.log(0.2)
+    assert promises.limit(0.9, 0.05, 0.5, 0.005) == pytest.approx(min(0.1, 0.5 * 1.05 * ref))
+    assert promises.limit(0.9, None, 0.5, 0.005) == pytest.approx(0.1)
+
+
 def test_the_promises_state_round_trips_and_refuses_what_it_should() -> None:
     promises = TtftPromises(windows=900)
     rng = np.random.default_rng(4)

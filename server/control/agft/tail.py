@@ -312,11 +312,11 @@ class TtftPromises:
     ) -> float:
         """The p-th percentile TTFT the next window may aim at."""
         limit = slo_s
+        if attainment_loss is not None:
+            limit *= self.misses.gain
         ref = self.default_quantile(q)
         if slowdown is not None and ref is not None:
             limit = min(limit, self.tail.gain * (1.0 + slowdown) * ref)
-        if attainment_loss is not None:
-            limit *= self.misses.gain
         return limit
 
     def add(
