@@ -12,7 +12,6 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from agft.v1 import agent_pb2 as pb
 from server.control.features import window_features
@@ -21,6 +20,7 @@ from server.control.policy import ClockArms, ClockDecision
 from server.energy.estimator import CALIBRATION_WINDOWS, FloatArray, features
 from server.fleet import validation
 from server.fleet.runtime import InstanceRuntime
+from server.store.rows import AckRow, CommandRow, DecisionRow, RecoveredAck
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class Outcome:
     observation: Observation
     decision: ClockDecision
     command: pb.ServerMessage | None
-    decision_row: dict[str, Any]
-    command_row: dict[str, Any] | None
+    decision_row: DecisionRow
+    command_row: CommandRow | None
     # The window's energy at default clocks: measured if it ran there, else estimated
     # (None: unknown or not calibrated yet).
     default_energy_j: float | None = None
@@ -141,30 +141,27 @@ RECOVERED_REASON = "stored from the agent's ack: the replica that sent it stoppe
 
 
 def recovered_command_row(
-    ack_row: dict[str, Any], ack: pb.CommandAck, runtime: InstanceRuntime, now: datetime
-) -> dict[str, Any]:
+    ack_row: AckRow, ack: pb.CommandAck, runtime: InstanceRuntime, now: datetime
+) -> RecoveredAck:
     """A command row rebuilt from its ack (validated by validation.ack_row), for a command
     whose replica died before writing it: what the agent applied, when it applied it."""
     locks = [
-        (a["locked_min_sm_clock_mhz"], a["locked_max_sm_clock_mhz"])
-        for a in ack_row["applied"]
-        if a["locked_max_sm_clock_mhz"] is not None
+        (a.locked_min_sm_clock_mhz, a.locked_max_sm_clock_mhz)
+        for a in ack_row.applied
+        if a.locked_max_sm_clock_mhz is not None
     ]
     applied_at = ack.applied_at_s
     issued = _ts(applied_at) if math.isfinite(applied_at) and 0 < applied_at < 4.1e9 else now
-    return {
-        **ack_row,
-        "instance_id": runtime.instance_id,
-        "kind": "set" if locks else "reset",
-        "min_sm_clock_mhz": min((lo for lo, _ in locks if lo is not None), default=None),
-        "max_sm_clock_mhz": min((hi for _, hi in locks), default=None),
-        "memory_clock_mhz": None,
-        "lease_s": None,
-        "reason": RECOVERED_REASON,
-        "issued_at": issued,
-        "expires_at": None,
-        "acked_at": now,
-    }
+    command = CommandRow(
+        id=ack_row.id,
+        instance_id=runtime.instance_id,
+        kind="set" if locks else "reset",
+        reason=RECOVERED_REASON,
+        issued_at=issued,
+        min_sm_clock_mhz=min((lo for lo, _ in locks if lo is not None), default=None),
+        max_sm_clock_mhz=min((hi for _, hi in locks if hi is not None), default=None),
+    )
+    return RecoveredAck(command, ack_row.at(now))
 
 
 def _decision_row(
@@ -172,33 +169,33 @@ def _decision_row(
     obs: Observation,
     decision: ClockDecision,
     now: datetime,
-    command_row: dict[str, Any] | None,
+    command_row: CommandRow | None,
     default_energy_j: float | None,
-) -> dict[str, Any]:
+) -> DecisionRow:
     serving = obs.serving
-    return {
-        "instance_id": runtime.instance_id,
-        "decided_at": now,
-        "window_start": _ts(obs.window_start_s),
-        "window_end": _ts(obs.window_end_s),
-        "policy": runtime.policy.name,
-        "slo_policy_id": runtime.spec.id if runtime.spec is not None else None,
-        "mode": runtime.mode,
-        "features": finite_features(decision.features),
-        "clock_in_force_mhz": obs.clock_in_force_mhz,
-        "clock_chosen_mhz": decision.sm_clock_mhz,
-        "reason": decision.reason[:255],
-        "command_id": command_row["id"] if command_row else None,
-        "reward": decision.reward,
-        "energy_j": obs.energy_j,
-        "prompt_tokens": serving.prompt_tokens if serving else None,
-        "generation_tokens": serving.generation_tokens if serving else None,
-        "ttft_p50_s": _q(serving.ttft_s, 0.5) if serving else None,
-        "ttft_p90_s": _q(serving.ttft_s, 0.9) if serving else None,
-        "itl_p50_s": _q(serving.inter_token_latency_s, 0.5) if serving else None,
-        "itl_p90_s": _q(serving.inter_token_latency_s, 0.9) if serving else None,
-        "default_energy_j": default_energy_j,
-    }
+    return DecisionRow(
+        instance_id=runtime.instance_id,
+        decided_at=now,
+        window_start=_ts(obs.window_start_s),
+        window_end=_ts(obs.window_end_s),
+        policy=runtime.policy.name,
+        slo_policy_id=runtime.spec.id if runtime.spec is not None else None,
+        mode=runtime.mode,
+        features=finite_features(decision.features),
+        clock_in_force_mhz=obs.clock_in_force_mhz,
+        clock_chosen_mhz=decision.sm_clock_mhz,
+        reason=decision.reason[:255],
+        command_id=command_row.id if command_row else None,
+        reward=decision.reward,
+        energy_j=obs.energy_j,
+        prompt_tokens=serving.prompt_tokens if serving else None,
+        generation_tokens=serving.generation_tokens if serving else None,
+        ttft_p50_s=_q(serving.ttft_s, 0.5) if serving else None,
+        ttft_p90_s=_q(serving.ttft_s, 0.9) if serving else None,
+        itl_p50_s=_q(serving.inter_token_latency_s, 0.5) if serving else None,
+        itl_p90_s=_q(serving.inter_token_latency_s, 0.9) if serving else None,
+        default_energy_j=default_energy_j,
+    )
 
 
 def _controller_decision(runtime: InstanceRuntime, obs: Observation) -> ClockDecision:
@@ -243,7 +240,7 @@ def _remember(
 
 def command_now(
     runtime: InstanceRuntime, clock: int | None, reason: str, *, now: datetime, lease_s: float
-) -> tuple[pb.ServerMessage | None, dict[str, Any] | None]:
+) -> tuple[pb.ServerMessage | None, CommandRow | None]:
     """A command sent at once, outside the window cadence (an admin's mode change)."""
     if runtime.monitor_only:
         return None, None
@@ -327,25 +324,21 @@ def _command_for(
     now: datetime,
     lease_s: float,
     command_id: str | None,
-) -> tuple[pb.ServerMessage | None, dict[str, Any] | None]:
+) -> tuple[pb.ServerMessage | None, CommandRow | None]:
     """A command when the clock changes, and a renewal of every lease each window."""
     clock = decision.sm_clock_mhz
     if clock is None and runtime.told_anything and runtime.last_sent_clock_mhz is None:
         return None, None  # already at default; a reset needs no renewal
     command_id = command_id or uuid.uuid4().hex
-    row: dict[str, Any] = {
-        "id": command_id,
-        "instance_id": runtime.instance_id,
-        "reason": decision.reason[:255],
-        "issued_at": now,
-    }
+    reason = decision.reason[:255]
+    row: CommandRow
     if clock is None:
         msg = pb.ServerMessage(
             reset_clocks=pb.ResetClocks(
                 command_id=command_id, instance=runtime.name, reason=decision.reason
             )
         )
-        row.update(kind="reset")
+        row = CommandRow(command_id, runtime.instance_id, "reset", reason, now)
     else:
         floor, clock = lock_range(runtime.arms, clock)
         expires = now.timestamp() + lease_s
@@ -361,8 +354,12 @@ def _command_for(
                 reflex=_reflex(runtime, clock) if decision.boost_helps else None,
             )
         )
-        row.update(
-            kind="set",
+        row = CommandRow(
+            command_id,
+            runtime.instance_id,
+            "set",
+            reason,
+            now,
             min_sm_clock_mhz=floor,
             max_sm_clock_mhz=clock,
             lease_s=lease_s,

@@ -41,6 +41,7 @@ from server.store.registration import (
     set_monitor_only,
     touch_seen,
 )
+from server.store.rows import PolicyStateRow, StoredMark
 from server.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -415,7 +416,7 @@ class FleetService:
             )
             if command is not None and row is not None:
                 self._writer.add_command(row)
-                session.remember_command(row["id"], runtime.name)
+                session.remember_command(row.id, runtime.name)
                 session.send(command)
         return True
 
@@ -464,9 +465,9 @@ class FleetService:
                 continue
             if outcome.command is not None and outcome.command_row is not None:
                 self._writer.add_command(outcome.command_row)
-                session.remember_command(outcome.command_row["id"], runtime.name)
+                session.remember_command(outcome.command_row.id, runtime.name)
                 if len(session.born) < session.pending_limit:
-                    session.born[outcome.command_row["id"]] = read_at
+                    session.born[outcome.command_row.id] = read_at
                 commands.append(outcome.command)
             self._writer.add_decision(outcome.decision_row)
             self.decide_times.observe(time.perf_counter() - started)
@@ -482,7 +483,7 @@ class FleetService:
         if window_seq:
             # Rejected windows count as taken too: sending them again cannot help.
             self.windows_taken[session.node_id] = (session.boot_id, window_seq)
-            self._writer.add_stored_mark(session.node_pk, session.boot_id, window_seq)
+            self._writer.add_stored_mark(StoredMark(session.node_pk, session.boot_id, window_seq))
 
     def _recover_acks(
         self, session: AgentSession, seq: int, acks: Sequence[pb.CommandAck], now: datetime
@@ -505,12 +506,11 @@ class FleetService:
                 continue
             self._writer.add_recovered_ack(recovered_command_row(row, ack, runtime, now))
 
-    def _windows_stored(self, marks: list[dict[str, object]]) -> None:
+    def _windows_stored(self, marks: list[StoredMark]) -> None:
         """The writer committed windows: tell each agent, so it can drop them."""
         newest: dict[int, tuple[int, int]] = {}
         for mark in marks:
-            pk, boot, seq = mark["id"], mark["agent_boot_id"], mark["windows_stored_seq"]
-            assert isinstance(pk, int) and isinstance(boot, int) and isinstance(seq, int)
+            pk, boot, seq = mark.node_pk, mark.agent_boot_id, mark.windows_stored_seq
             if seq > newest.get(pk, (boot, 0))[1]:
                 newest[pk] = (boot, seq)
         for pk, (boot, seq) in newest.items():
@@ -530,13 +530,7 @@ class FleetService:
             (ESTIMATOR_STATE, runtime.estimator.state()),
         ):
             self._writer.add_policy_state(
-                {
-                    "instance_id": runtime.instance_id,
-                    "policy": key,
-                    "state": state,
-                    "decisions": runtime.decisions,
-                    "updated_at": now,
-                }
+                PolicyStateRow(runtime.instance_id, key, state, runtime.decisions, now)
             )
 
     # ---- controllability ------------------------------------------------------------
@@ -608,12 +602,9 @@ class FleetService:
                 self.error(seq, "unknown_command", f"no command {ack.command_id!r} awaits an ack")
             )
             return
-        if not row["ack_ok"]:
-            log.warning(
-                "agent %s failed command %s: %s", session.node_id, row["id"], row["ack_error"]
-            )
-        row["acked_at"] = datetime.now(UTC)
-        self._writer.add_ack(row)
+        if not row.ack_ok:
+            log.warning("agent %s failed command %s: %s", session.node_id, row.id, row.ack_error)
+        self._writer.add_ack(row.at(datetime.now(UTC)))
 
     @staticmethod
     def error(seq: int, code: str, message: str) -> pb.ServerMessage:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from agft.labels import MAX_LABELS, label_problem
 from agft.v1 import agent_pb2 as pb
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
+from server.store.rows import AckRow, AppliedClock
 
 # Bounds on everything an agent sends. They are generous (a fleet's real values sit far
 # inside them) but finite, so no value can overflow to infinity downstream, exceed a
@@ -328,7 +328,7 @@ def check_hello(hello: pb.Hello) -> None:
             _finite_nonneg(f"{prefix}.front_door.poll_s", door.poll_s, MAX_WINDOW_S)
 
 
-def ack_row(ack: pb.CommandAck) -> dict[str, Any]:
+def ack_row(ack: pb.CommandAck) -> AckRow:
     """The clock_commands columns an ack fills (without acked_at, the server's time)."""
     text("ack.command_id", ack.command_id, MAX_COMMAND_ID, required=True)
     text("ack.instance", ack.instance, MAX_NAME)
@@ -340,22 +340,22 @@ def ack_row(ack: pb.CommandAck) -> dict[str, Any]:
         if a.gpu_index > MAX_GPU_INDEX:
             raise _bad(f"{prefix}.gpu_index", a.gpu_index, f"must be at most {MAX_GPU_INDEX}")
         applied.append(
-            {
-                "gpu_index": int(a.gpu_index),
-                "sm_clock_mhz": _opt_clock(a, "sm_clock_mhz", f"{prefix}.sm_clock_mhz"),
-                "locked_min_sm_clock_mhz": _opt_clock(
+            AppliedClock(
+                gpu_index=int(a.gpu_index),
+                sm_clock_mhz=_opt_clock(a, "sm_clock_mhz", f"{prefix}.sm_clock_mhz"),
+                locked_min_sm_clock_mhz=_opt_clock(
                     a, "locked_min_sm_clock_mhz", f"{prefix}.locked_min_sm_clock_mhz"
                 ),
-                "locked_max_sm_clock_mhz": _opt_clock(
+                locked_max_sm_clock_mhz=_opt_clock(
                     a, "locked_max_sm_clock_mhz", f"{prefix}.locked_max_sm_clock_mhz"
                 ),
-            }
+            )
         )
-    return {
-        "id": ack.command_id,
-        "ack_ok": bool(ack.ok),
+    return AckRow(
+        id=ack.command_id,
+        ack_ok=bool(ack.ok),
         # The agent's own words are kept, made storable (a NUL byte once stopped all
         # persistence on PostgreSQL), never judged.
-        "ack_error": clean_text(ack.error, MAX_ACK_ERROR) or None,
-        "applied": applied,
-    }
+        ack_error=clean_text(ack.error, MAX_ACK_ERROR) or None,
+        applied=tuple(applied),
+    )

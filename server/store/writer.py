@@ -36,6 +36,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.models import ClockCommand, Decision, Node, PersistFailure
 from server.store.policy_states import upsert_policy_states
+from server.store.rows import (
+    AckRow,
+    CommandRow,
+    DecisionRow,
+    PolicyStateRow,
+    RecoveredAck,
+    StoredMark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +54,11 @@ _DECISIONS = cast(Table, Decision.__table__)
 # Order of writing: decisions and acks refer to commands; a node's stored mark comes
 # last, in the same transaction as the windows it vouches for.
 KINDS = ("command", "decision", "ack", "recovered_ack", "policy_state", "stored")
+# Rows arrive typed (server/store/rows.py) and queue as their column mappings: what the
+# Core statements bind, and what a spill file or a set-aside row keeps.
 Item = tuple[str, dict[str, Any]]
 # Told, on the event loop, the stored marks of each batch once it is committed.
-StoredListener = Callable[[list[dict[str, Any]]], None]
+StoredListener = Callable[[list[StoredMark]], None]
 
 
 def is_transient(err: BaseException) -> bool:
@@ -202,30 +212,27 @@ class BatchWriter:
         self.last_error: str | None = None
 
     # -- producers (event loop, never block) --------------------------------------
-    def add_command(self, row: dict[str, Any]) -> None:
-        self._put("command", row)
+    def add_command(self, row: CommandRow) -> None:
+        self._put("command", row.values())
 
-    def add_decision(self, row: dict[str, Any]) -> None:
-        self._put("decision", row)
+    def add_decision(self, row: DecisionRow) -> None:
+        self._put("decision", row.values())
 
-    def add_ack(self, row: dict[str, Any]) -> None:
-        self._put("ack", row)
+    def add_ack(self, row: AckRow) -> None:
+        self._put("ack", row.values())
 
-    def add_recovered_ack(self, row: dict[str, Any]) -> None:
+    def add_recovered_ack(self, row: RecoveredAck) -> None:
         """A whole command row from a replayed ack: inserted if the command is missing, its
         ack added if the command has none, nothing changed otherwise."""
-        self._put("recovered_ack", row)
+        self._put("recovered_ack", row.values())
 
-    def add_policy_state(self, row: dict[str, Any]) -> None:
-        self._put("policy_state", row)
+    def add_policy_state(self, row: PolicyStateRow) -> None:
+        self._put("policy_state", row.values())
 
-    def add_stored_mark(self, node_pk: int, boot_id: int, through_seq: int) -> None:
+    def add_stored_mark(self, mark: StoredMark) -> None:
         """After a window's rows: once this is committed, so are they (the queue is FIFO
         and every batch one transaction), and on_stored hears of it."""
-        self._put(
-            "stored",
-            {"id": node_pk, "agent_boot_id": boot_id, "windows_stored_seq": through_seq},
-        )
+        self._put("stored", mark.values())
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         self._idle.clear()
@@ -343,7 +350,11 @@ class BatchWriter:
                 self._idle.set()
 
     def _tell_stored(self, items: list[Item]) -> None:
-        marks = [row for kind, row in items if kind == "stored" and not row.get("refused")]
+        marks = [
+            StoredMark(row["id"], row["agent_boot_id"], row["windows_stored_seq"])
+            for kind, row in items
+            if kind == "stored" and not row.get("refused")
+        ]
         if not marks or self.on_stored is None:
             return
         try:

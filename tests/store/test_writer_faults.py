@@ -8,6 +8,7 @@ could not write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from server.store.database import make_engine, make_session_factory
 from server.store.migrate import upgrade_to_head
 from server.store.models import ClockCommand, Decision, Instance, Node, PersistFailure
+from server.store.rows import AckRow, CommandRow, DecisionRow
 from server.store.writer import BatchWriter, is_transient
 
 
@@ -57,31 +59,41 @@ def _instance(factory: sessionmaker[Session]) -> int:
         return instance.id
 
 
-def _decision(instance_id: int, n: int, **extra: Any) -> dict[str, Any]:
+def _decision(instance_id: int, n: int, **extra: Any) -> DecisionRow:
     t = datetime.fromtimestamp(1_000_000 + n, UTC)
-    row: dict[str, Any] = {
-        "instance_id": instance_id,
-        "decided_at": t,
-        "window_start": t,
-        "window_end": t,
-        "policy": "static",
-        "features": {"n": float(n)},
-        "reason": f"row {n}",
-    }
-    row.update(extra)
-    return row
+    row = DecisionRow(
+        instance_id=instance_id,
+        decided_at=t,
+        window_start=t,
+        window_end=t,
+        policy="static",
+        slo_policy_id=None,
+        mode="auto",
+        features={"n": float(n)},
+        clock_in_force_mhz=None,
+        clock_chosen_mhz=None,
+        reason=f"row {n}",
+        command_id=None,
+        reward=None,
+        energy_j=None,
+        prompt_tokens=None,
+        generation_tokens=None,
+        ttft_p50_s=None,
+        ttft_p90_s=None,
+        itl_p50_s=None,
+        itl_p90_s=None,
+        default_energy_j=None,
+    )
+    return dataclasses.replace(row, **extra)
 
 
-def _command(instance_id: int, n: int, **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": f"c{n}",
-        "instance_id": instance_id,
-        "kind": "reset",
-        "reason": "t",
-        "issued_at": datetime.now(UTC),
-    }
-    row.update(extra)
-    return row
+def _command(instance_id: int, n: int, **extra: Any) -> CommandRow:
+    row = CommandRow(f"c{n}", instance_id, "reset", "t", datetime.now(UTC))
+    return dataclasses.replace(row, **extra)
+
+
+def _ack(command_id: str, ok: bool, error: str | None, at: datetime) -> AckRow:
+    return AckRow(command_id, ok, error, applied=(), acked_at=at)
 
 
 def _count(factory: sessionmaker[Session], model: type[Any]) -> int:
@@ -131,16 +143,8 @@ async def test_a_nul_byte_in_free_text_cannot_stop_persistence(
     writer.start()
     try:
         now = datetime.now(UTC)
-        writer.add_command(
-            {
-                "id": "c1",
-                "instance_id": instance_id,
-                "kind": "reset",
-                "reason": "r",
-                "issued_at": now,
-            }
-        )
-        writer.add_ack({"id": "c1", "acked_at": now, "ack_ok": False, "ack_error": "bad\x00byte"})
+        writer.add_command(CommandRow("c1", instance_id, "reset", "r", now))
+        writer.add_ack(_ack("c1", False, "bad\x00byte", now))
         writer.add_decision(_decision(instance_id, 1))
         await asyncio.wait_for(writer.flush(), 10)
     finally:
@@ -292,14 +296,7 @@ async def test_acks_of_a_batch_are_one_update_and_all_land(
         for n in range(40):
             writer.add_command(_command(instance_id, n))
         for n in range(40):
-            writer.add_ack(
-                {
-                    "id": f"c{n}",
-                    "ack_ok": n % 2 == 0,
-                    "acked_at": now,
-                    "ack_error": None if n % 2 == 0 else "refused",
-                }
-            )
+            writer.add_ack(_ack(f"c{n}", n % 2 == 0, None if n % 2 == 0 else "refused", now))
         await asyncio.wait_for(writer.flush(), 10)
     finally:
         await writer.stop()
@@ -326,7 +323,7 @@ async def test_locks_and_resets_in_one_batch_are_written_together(
                     _command(
                         instance_id,
                         n,
-                        kind="lock",
+                        kind="set",
                         min_sm_clock_mhz=345,
                         max_sm_clock_mhz=1500,
                         lease_s=5.0,
