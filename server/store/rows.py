@@ -3,15 +3,25 @@
 What storage takes is defined here, next to the tables, and not by whoever builds a
 dict: a misspelt column or a value of the wrong kind is a type error where the row is
 made, not a batch the database refuses later. `values()` gives the column mapping the
-writer's Core statements (and its spill file) use; each is written out by hand, since
-`dataclasses.asdict` deep-copies and runs for every row of a fleet's every window.
+writer's Core statements (and its spill file) use: a field is its column, read shallowly,
+since `dataclasses.asdict` deep-copies and runs for every row of a fleet's every window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Literal
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # per row class, read once
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    """Each field of a row under its own name, values as they are (not copied)."""
+    names = _FIELD_NAMES.get(type(row))
+    if names is None:
+        names = _FIELD_NAMES[type(row)] = tuple(f.name for f in fields(row))
+    return {name: getattr(row, name) for name in names}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +40,7 @@ class CommandRow:
     expires_at: datetime | None = None
 
     def values(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "instance_id": self.instance_id,
-            "kind": self.kind,
-            "reason": self.reason,
-            "issued_at": self.issued_at,
-            "min_sm_clock_mhz": self.min_sm_clock_mhz,
-            "max_sm_clock_mhz": self.max_sm_clock_mhz,
-            "memory_clock_mhz": self.memory_clock_mhz,
-            "lease_s": self.lease_s,
-            "expires_at": self.expires_at,
-        }
+        return _columns(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +53,7 @@ class AppliedClock:
     locked_max_sm_clock_mhz: int | None
 
     def values(self) -> dict[str, Any]:
-        return {
-            "gpu_index": self.gpu_index,
-            "sm_clock_mhz": self.sm_clock_mhz,
-            "locked_min_sm_clock_mhz": self.locked_min_sm_clock_mhz,
-            "locked_max_sm_clock_mhz": self.locked_max_sm_clock_mhz,
-        }
+        return _columns(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +71,7 @@ class AckRow:
         return replace(self, acked_at=acked_at)
 
     def values(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "ack_ok": self.ack_ok,
-            "ack_error": self.ack_error,
-            "applied": [a.values() for a in self.applied],
-            "acked_at": self.acked_at,
-        }
+        return _columns(self) | {"applied": [a.values() for a in self.applied]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,29 +113,7 @@ class DecisionRow:
     default_energy_j: float | None
 
     def values(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.instance_id,
-            "decided_at": self.decided_at,
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "policy": self.policy,
-            "slo_policy_id": self.slo_policy_id,
-            "mode": self.mode,
-            "features": self.features,
-            "clock_in_force_mhz": self.clock_in_force_mhz,
-            "clock_chosen_mhz": self.clock_chosen_mhz,
-            "reason": self.reason,
-            "command_id": self.command_id,
-            "reward": self.reward,
-            "energy_j": self.energy_j,
-            "prompt_tokens": self.prompt_tokens,
-            "generation_tokens": self.generation_tokens,
-            "ttft_p50_s": self.ttft_p50_s,
-            "ttft_p90_s": self.ttft_p90_s,
-            "itl_p50_s": self.itl_p50_s,
-            "itl_p90_s": self.itl_p90_s,
-            "default_energy_j": self.default_energy_j,
-        }
+        return _columns(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +127,7 @@ class PolicyStateRow:
     updated_at: datetime
 
     def values(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.instance_id,
-            "policy": self.policy,
-            "state": self.state,
-            "decisions": self.decisions,
-            "updated_at": self.updated_at,
-        }
+        return _columns(self)
 
 
 @dataclass(frozen=True, slots=True)
