@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         "--policies",
         default=DEFAULT_POLICIES,
         help="comma-separated: agft, agft-paper, static, default, rule, best-static, oracle, "
-        "oracle-plan; agft:NAME=VALUE:... is agft with tunables overridden, e.g. "
+        "oracle-plan, state-plan (a state-to-clock map trained on the next seed's arrivals); "
+        "agft:NAME=VALUE:... is agft with tunables overridden, e.g. "
         "agft:miss_share_factor=0.5 "
         f"(default {DEFAULT_POLICIES}; default always runs, as the reference)",
     )

@@ -12,12 +12,16 @@ queued gauge) and `agft+load` (GET /load), under both promises, on the same arri
 oracle-plan stays the bound of per-window clock schedules: the fast loop moves clocks
 inside windows, so its runs are not plans and do not seed the search.
 
-Then, per trace, one Markdown table and one PNG of saving against load, with agft's share
-of oracle-plan's saving and how many seeds kept each promise.
+And (`run-state-plan`, into state-plan/) the causal yardstick of bench/state_plan.py: a
+state-to-clock map trained on the next seed's arrivals, under both promises.
+
+Then, per trace, one Markdown table and one PNG of saving against load, with agft's and
+state-plan's shares of oracle-plan's saving and how many seeds kept each promise.
 
     python -m bench.load_sweep run --trace sim/data/traces/azure_conv_2023.csv.gz \\
         --loads 0.3,0.5,0.7,0.85 --seeds 0,1,2,3 --out docs/bench/load-sweep
     python -m bench.load_sweep run-front-door --trace ... (the same arguments)
+    python -m bench.load_sweep run-state-plan --trace ... (the same arguments)
     python -m bench.load_sweep table docs/bench/load-sweep
 """
 
@@ -51,6 +55,10 @@ _FRONT_DOOR_POLICIES = {
     "slo-only": ("default", f"{SLO_ONLY_AGFT}+router", f"{SLO_ONLY_AGFT}+load"),
 }
 FRONT_DOOR_DIR = "front-door"
+# state-plan (bench/state_plan.py): the causal yardstick, run apart (its own table).
+STATE_PLAN_DIR = "state-plan"
+_STATE_PLAN_POLICIES = ("default", "state-plan")
+_EXTRA_DIRS = (FRONT_DOOR_DIR, STATE_PLAN_DIR)
 _SLOWDOWN = {"default": 0.10, "slo-only": math.inf}
 # Columns of the table and lines of the plot, per promise: (label, policy in results.json).
 _SHOWN = {
@@ -60,6 +68,7 @@ _SHOWN = {
         ("agft+load", "agft+load"),
         ("rule", "rule"),
         ("best-static", "best-static"),
+        ("state-plan", "state-plan"),
         ("oracle-plan", "oracle-plan"),
     ),
     "slo-only": (
@@ -67,10 +76,21 @@ _SHOWN = {
         ("agft+router", f"{SLO_ONLY_AGFT}+router"),
         ("agft+load", f"{SLO_ONLY_AGFT}+load"),
         ("rule", "rule"),
+        ("state-plan", "state-plan"),
         ("oracle-plan", "oracle-plan"),
     ),
 }
-_COLUMNS = ("agft", "agft+router", "agft+load", "rule", "best-static", "oracle-plan")
+_COLUMNS = (
+    "agft",
+    "agft+router",
+    "agft+load",
+    "rule",
+    "best-static",
+    "state-plan",
+    "oracle-plan",
+)
+# Shares of oracle-plan's saving, seed by seed.
+_SHARES = ("agft", "agft+router", "state-plan")
 
 
 def _prepared(
@@ -113,6 +133,18 @@ def run_front_door_cell(
         write_results(result, cell, plots=[])
 
 
+def run_state_plan_cell(
+    trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
+) -> None:
+    """state-plan under both promises for one trace, load and seed."""
+    base, workload, quiet = _prepared(trace, load, seed, duration_s)
+    for promise in PROMISES:
+        config = replace(base, policies=_STATE_PLAN_POLICIES, oracle_slowdown=_SLOWDOWN[promise])
+        result = run_bench(config, workload, err=quiet, jobs=jobs)
+        cell = _cell_dir(out, trace.name, load, promise, seed) / STATE_PLAN_DIR
+        write_results(result, cell, plots=[])
+
+
 def _trace_name(name: str) -> str:
     return name.split(".")[0]
 
@@ -131,8 +163,10 @@ def _read(out: Path) -> dict[str, dict[tuple[float, str], list[dict[str, Any]]]]
         promise = path.parent.parent.name
         if promise not in PROMISES:
             continue
-        extra = path.parent / FRONT_DOOR_DIR / "results.json"
-        if extra.is_file():
+        for folder in _EXTRA_DIRS:
+            extra = path.parent / folder / "results.json"
+            if not extra.is_file():
+                continue
             more = json.loads(extra.read_text(encoding="utf-8"))["policies"]
             # Same arrivals, same seed: the reference runs must agree to the joule.
             if more["default"]["energy_j"] != data["policies"]["default"]["energy_j"]:
@@ -161,12 +195,14 @@ def table(out: Path) -> dict[str, str]:
             f"## {_trace_name(trace)}",
             "",
             "Mean saving over the seeds (%), and in brackets the seeds that kept every "
-            "promise of the row. agft share: agft's saving over oracle-plan's, seed by seed.",
+            "promise of the row. Shares: a policy's saving over oracle-plan's, seed by seed.",
             "",
             "| peak load | promise | seeds | default SLO met | "
             + " | ".join(_COLUMNS)
-            + " | agft share of the bound | agft+router share |",
-            "|---:|---|---:|---:|" + "---:|" * (len(_COLUMNS) + 2),
+            + " | "
+            + " | ".join(f"{label} share" for label in _SHARES)
+            + " |",
+            "|---:|---|---:|---:|" + "---:|" * (len(_COLUMNS) + len(_SHARES)),
         ]
         series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         for (load, promise), runs in sorted(cells.items()):
@@ -185,7 +221,7 @@ def table(out: Path) -> dict[str, str]:
                 row.append(f"{mean:.1f} ({kept}/{len(runs)})" if mean is not None else "-")
                 if mean is not None:
                     series[(promise, label)].append((load, mean))
-            for label in ("agft", "agft+router"):
+            for label in _SHARES:
                 shares = [
                     r["policies"][shown[label]]["energy_saving_pct"]
                     / r["policies"]["oracle-plan"]["energy_saving_pct"]
@@ -222,12 +258,20 @@ def _plot(series: dict[tuple[str, str], list[tuple[float, float]]], path: Path, 
     plt.close(fig)
 
 
+_CELLS = {
+    "run": run_cell,
+    "run-front-door": run_front_door_cell,
+    "run-state-plan": run_state_plan_cell,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, what in (
         ("run", "run the benchmarks of a sweep"),
         ("run-front-door", "agft with the fast loop, into each cell"),
+        ("run-state-plan", "state-plan, the causal yardstick, into each cell"),
     ):
         run = sub.add_parser(name, help=what)
         run.add_argument("--trace", type=Path, action="append", required=True)
@@ -239,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = sub.add_parser("table", help="tables and PNGs of a finished sweep")
     show.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    if args.command in ("run", "run-front-door"):
-        cell = run_cell if args.command == "run" else run_front_door_cell
+    if args.command in _CELLS:
+        cell = _CELLS[args.command]
         loads = [float(x) for x in args.loads.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
         # Seed by seed, so a sweep cut short still covers every trace and load.

@@ -12,6 +12,8 @@ from typing import Any
 from bench.plan import CONSTRAINTS
 from bench.plan_search import PlanTry
 from bench.runner import REFERENCE, BenchResult
+from bench.state_plan import StatePlanResult
+from server.control.agft.signals import CONTEXT_SCALE
 
 # Policy fields of the Markdown table: (key, header, format).
 _TABLE: tuple[tuple[str, str, str], ...] = (
@@ -114,8 +116,15 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
             entry["plan_runs"] = sum(t.ran for t in result.plan.tries)
             entry["plan_source"] = chosen.source if chosen is not None else None
             entry["plan_fill"] = list(chosen.fill) if chosen and chosen.fill else None
+        if name == "state-plan" and result.state_plan is not None:
+            chosen_map = result.state_plan.chosen
+            entry["state_plan_held"] = chosen_map is not None
+            entry["state_plan_fill"] = chosen_map.fill if chosen_map is not None else None
+            entry["state_plan_train_seed"] = result.state_plan.train_seed
         policies[name] = entry
     out: dict[str, Any] = {"settings": _settings(result), "policies": policies}
+    if result.state_plan is not None:
+        out["state_plan"] = _state_plan_dict(result.state_plan)
     if result.plan is not None:
         th = result.plan.thresholds
         out["oracle_plan"] = {
@@ -146,6 +155,8 @@ def results_dict(result: BenchResult) -> dict[str, Any]:
         wall["best-static"] = result.best_static.wall_s  # the whole grid search
     if result.plan is not None:
         wall["oracle-plan"] = result.plan.wall_s
+    if result.state_plan is not None:
+        wall["state-plan"] = result.state_plan.wall_s
     out["timing"] = {
         "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}",
         "cpus": os.cpu_count(),
@@ -286,6 +297,7 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
                 f"{_cell(closest['energy_saving_pct'], 'pct')}) was over its promise by "
                 f"{_over(closest['over_promise'])}."
             )
+    lines += _state_plan_lines(data.get("state_plan"))
     if plots:
         lines += ["", "## plots", ""]
         lines += [f"![{p}]({p})" for p in plots]
@@ -293,6 +305,35 @@ def results_markdown(data: dict[str, Any], plots: list[str]) -> str:
     lines += ["", "## wall time", "", f"Machine: {t['machine']}.", ""]
     lines += [f"- {name}: {wall:.1f} s" for name, wall in t["wall_s"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _state_plan_lines(plan: dict[str, Any] | None) -> list[str]:
+    if plan is None:
+        return []
+    lines = [
+        "",
+        "## state-plan",
+        "",
+        f"A clock per state bucket, trained on seed {plan['train_seed']}'s arrivals and run "
+        "on these; every map below ran for real, the best that keeps every promise is the "
+        "result:",
+        "",
+        "| fill | saving | TTFT p90 (ms) | TPOT p90 (ms) | SLO met | over promise | holds |",
+        "|---:|---:|---:|---:|---:|---|:---:|",
+    ]
+    for t in plan["tries"]:
+        lines.append(
+            f"| {t['fill']:.2f} | {_cell(t['energy_saving_pct'], 'pct')} "
+            f"| {_cell(t['ttft_p90_s'], 'ms')} | {_cell(t['tpot_p90_s'], 'ms')} "
+            f"| {_cell(t['slo_attainment'], 'share')} | {_over(t['over_promise'])} "
+            f"| {'yes' if t['holds'] else 'no'} |"
+        )
+    lines.append("")
+    if plan["chosen_fill"] is None:
+        lines.append("No map kept every promise: state-plan is the default run.")
+    else:
+        lines.append(f"Result: the map of fill {plan['chosen_fill']:.2f}.")
+    return lines
 
 
 def _over(over: dict[str, float]) -> str:
@@ -329,6 +370,28 @@ def _plan_try(t: PlanTry) -> dict[str, Any]:
         # Over each promise: p90s as a share over their cap, attainment in points.
         "over_promise": dict(zip(CONSTRAINTS, t.excess, strict=True)),
         "holds": t.holds,
+    }
+
+
+def _state_plan_dict(plan: StatePlanResult) -> dict[str, Any]:
+    b = plan.buckets
+    return {
+        "train_seed": plan.train_seed,
+        # On the server's units, not the context's scale.
+        "running_edges": [e * CONTEXT_SCALE[2] for e in b.running_edges],
+        "prompt_tokens_per_s_edges": [e * CONTEXT_SCALE[0] for e in b.prompt_edges],
+        "bucket_windows": plan.bucket_windows,
+        "tries": [
+            {
+                "fill": t.fill,
+                "clocks_mhz": list(t.clocks),
+                **_figures(t.summary),
+                "over_promise": dict(zip(CONSTRAINTS, t.excess, strict=True)),
+                "holds": t.holds,
+            }
+            for t in plan.tries
+        ],
+        "chosen_fill": plan.chosen.fill if plan.chosen is not None else None,
     }
 
 

@@ -6,9 +6,9 @@ import io
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -36,10 +36,12 @@ from bench.plan_search import PlanResult, Schedule
 from bench.plan_search import execute as execute_schedule
 from bench.plan_search import search as search_plan
 from bench.progress import ProgressLine, note
+from bench.state_plan import StateBuckets, StateMapPolicy, StatePlanResult, decision_contexts
+from bench.state_plan import search as search_state_plan
 from server.control.policy import ClockArms, Policy, SloTargets
 from server.control.registry import make_policy
 
-BENCH_ONLY = ("best-static", "oracle", "oracle-plan")
+BENCH_ONLY = ("best-static", "oracle", "oracle-plan", "state-plan")
 REFERENCE = "default"
 
 
@@ -89,6 +91,7 @@ class BenchResult:
     best_static: BestStatic | None = None
     oracle_steps: list[OracleStep] | None = None
     plan: PlanResult | None = None
+    state_plan: StatePlanResult | None = None
     cold_starts: dict[str, ColdStart] = field(default_factory=dict)
 
 
@@ -199,6 +202,13 @@ def run_bench(
             result.plan = _plan(tasks, arms, runs[REFERENCE], seeds, pool)
             result.plan.wall_s = time.perf_counter() - plan_t0
             runs["oracle-plan"] = result.plan.run
+        if "state-plan" in config.policies:
+            state_t0 = time.perf_counter()
+            result.state_plan = _state_plan(
+                tasks, arms, runs[REFERENCE], pool, sys.stderr if tasks.loud else None
+            )
+            result.state_plan.wall_s = time.perf_counter() - state_t0
+            runs["state-plan"] = result.state_plan.run
         if oracle is not None:
             runs["oracle"], result.oracle_steps = oracle.result()
     order = [REFERENCE, *[p for p in config.policies if p != REFERENCE]]
@@ -290,21 +300,7 @@ def _plan(
     """oracle-plan: the table in slices across the workers, then real runs of plans."""
     config, spec = tasks.config, tasks.spec
     th = thresholds(spec, config.slo, config.oracle_slowdown, config.oracle_attainment_slack)
-    clocks = (None, *clock_grid(arms, config.plan_step_mhz, config.min_clock_fraction))
-    # Decision k (1-based, as run_policy counts) is row k-1; the last decision governs
-    # nothing inside the run, so it needs no row.
-    rows = spec.windows - 1
-    bounds = [rows * i // pool.jobs for i in range(pool.jobs + 1)]
-    slices = [
-        pool.submit(_plan_rows_task, tasks, clocks, th, bounds[i], bounds[i + 1])
-        for i in range(pool.jobs)
-    ]
-    parts = [f.result() for f in slices]
-    table = Table(
-        clocks,
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-    )
+    table = _table(tasks, arms, th, pool)
     err = sys.stderr if tasks.loud else None
     return search_plan(
         spec,
@@ -321,6 +317,73 @@ def _plan(
         attainment_slack=config.oracle_attainment_slack,
         err=err,
     )
+
+
+def _table(tasks: _Tasks, arms: ClockArms, th: Thresholds, pool: _Pool) -> Table:
+    """oracle-plan's table of tasks.spec, in slices across the workers."""
+    config, spec = tasks.config, tasks.spec
+    clocks = (None, *clock_grid(arms, config.plan_step_mhz, config.min_clock_fraction))
+    # Decision k (1-based, as run_policy counts) is row k-1; the last decision governs
+    # nothing inside the run, so it needs no row.
+    rows = spec.windows - 1
+    bounds = [rows * i // pool.jobs for i in range(pool.jobs + 1)]
+    slices = [
+        pool.submit(_plan_rows_task, tasks, clocks, th, bounds[i], bounds[i + 1])
+        for i in range(pool.jobs)
+    ]
+    parts = [f.result() for f in slices]
+    return Table(
+        clocks,
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+    )
+
+
+def _state_plan(
+    tasks: _Tasks, arms: ClockArms, reference: PolicyRun, pool: _Pool, err: TextIO | None
+) -> StatePlanResult:
+    """state-plan: a map trained on the next seed's arrivals, judged on these."""
+    config = tasks.config
+    train_config = replace(config, seed=config.seed + 1)
+    quiet = io.StringIO()
+    stream = prepare(train_config, err=quiet)
+    windows = RunSpec.windows_for(stream.arrivals, config.window_s, config.drain_s)
+    train_spec = RunSpec(
+        config.gpu, config.model, stream.arrivals, train_config.seed, config.window_s, windows
+    )
+    train = _Tasks(train_spec, train_config, tasks.loud)
+    contexts = pool.submit(decision_contexts, train_spec)
+    th = thresholds(train_spec, config.slo, config.oracle_slowdown, config.oracle_attainment_slack)
+    table = _table(train, arms, th, pool)
+
+    def run_maps(buckets: StateBuckets, maps: Sequence[tuple[int | None, ...]]) -> list[PolicyRun]:
+        futures = [pool.submit(_map_task, tasks, buckets, m) for m in maps]
+        return [f.result() for f in futures]
+
+    result = search_state_plan(
+        table,
+        contexts.result(),
+        th.slack,
+        reference,
+        config.slo,
+        config.oracle_slowdown,
+        run_maps,
+        train_seed=train_config.seed,
+        attainment_slack=config.oracle_attainment_slack,
+    )
+    if err is not None:
+        for attempt in result.tries:
+            verdict = "holds" if attempt.holds else "breaks a promise"
+            note(
+                f"state-plan: fill {attempt.fill:.2f} saves "
+                f"{attempt.summary['energy_saving_pct']:.1f} %, {verdict}",
+                err,
+            )
+    return result
+
+
+def _map_task(tasks: _Tasks, buckets: StateBuckets, clocks: tuple[int | None, ...]) -> PolicyRun:
+    return run_policy(tasks.spec, StateMapPolicy(buckets, clocks), label="state-plan")
 
 
 def _schedule_task(tasks: _Tasks, schedule: Schedule) -> PolicyRun:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.load_sweep import SLO_ONLY_AGFT, run_cell, table
+from bench.load_sweep import SLO_ONLY_AGFT, run_cell, run_state_plan_cell, table
 from sim.workload import shipped_trace_path
 
 
 def test_a_sweep_cell_writes_both_promises_and_the_table_reads_them(tmp_path: Path) -> None:
     trace = shipped_trace_path("azure_conv_2023")
     run_cell(trace, 0.5, 0, tmp_path, jobs=1, duration_s=45.0)
+    run_state_plan_cell(trace, 0.5, 0, tmp_path, jobs=1, duration_s=45.0)
     cell = tmp_path / "azure_conv_2023" / "peak0.5"
     default = json.loads((cell / "default" / "seed0" / "results.json").read_text())
     slo_only = json.loads((cell / "slo-only" / "seed0" / "results.json").read_text())
@@ -31,4 +32,9 @@ def test_a_sweep_cell_writes_both_promises_and_the_table_reads_them(tmp_path: Pa
     assert [r.split(" | ")[1] for r in rows] == ["default", "slo-only"]
     plan = default["policies"]["oracle-plan"]["energy_saving_pct"]
     assert f"{plan:.1f} (1/1)" in rows[0]  # the bound always keeps its promises
+    # state-plan, run beside the cell on the same arrivals, joins each promise's row.
+    for row, promise in zip(rows, ("default", "slo-only"), strict=True):
+        extra = cell / promise / "seed0" / "state-plan" / "results.json"
+        saving = json.loads(extra.read_text())["policies"]["state-plan"]["energy_saving_pct"]
+        assert f"{saving:.1f} (" in row
     assert (tmp_path / "azure_conv_2023.png").stat().st_size > 10_000
