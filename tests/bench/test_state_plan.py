@@ -17,6 +17,8 @@ from bench.plan_search import broken
 from bench.report import results_dict, results_markdown
 from bench.runner import BenchConfig, run_bench
 from bench.state_plan import (
+    FILLS,
+    MORE_FILLS,
     StateBuckets,
     StateMapPolicy,
     decision_contexts,
@@ -141,6 +143,9 @@ def test_state_plan_is_a_causal_run_on_arrivals_it_was_not_trained_on(
     held = [t.summary["energy_saving_pct"] for t in result.tries if t.holds]
     assert summary["energy_saving_pct"] == max(held)
     assert sum(result.bucket_windows) == rows
+    # Fills above the ladder only when its top kept every promise.
+    top_held = result.tries[len(FILLS) - 1].holds
+    assert len(result.tries) == len(FILLS) + (len(MORE_FILLS) if top_held else 0)
 
 
 def test_the_benchmark_reports_state_plan_trained_on_the_next_seed() -> None:
