@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from server.slo.controllers import controller_factory
 from server.slo.spec import SERVER_DEFAULT, SloSpec
 from server.store.database import make_engine, make_session_factory
 from server.store.migrate import upgrade_to_head
+from server.store.retention import run_retention
 from server.store.writer import BatchWriter
 from server.web import web_router
 
@@ -152,6 +154,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await fleet.load_control()
         fleet.start()
+        retention = (
+            asyncio.create_task(
+                run_retention(
+                    factory, settings.decision_retention_days, settings.retention_interval_s
+                ),
+                name="agft-retention",
+            )
+            if settings.decision_retention_days > 0
+            else None
+        )
         # No SO_REUSEPORT: a second server on the same port must fail, not split the agents.
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_to_server(AgentLinkServicer(fleet), grpc_server)
@@ -180,6 +192,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in list(fleet.sessions.values()):
                 session.close()
             await grpc_server.stop(grace=1.0)
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             await fleet.stop()
             await writer.stop(timeout_s=settings.persist_shutdown_s)
             engine.dispose()

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
         description="how long a replica's hold on a node lasts unrenewed: the longest "
         "another replica waits to take over the nodes of one that died",
     )
+    decision_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="decisions and clock commands older than this many days are deleted; "
+        "the per-minute energy sums are kept (0: keep everything)",
+    )
+    retention_interval_s: float = Field(
+        default=300.0, gt=0.0, le=86400.0, description="how often the retention runs"
+    )
     state_save_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="how often learned states are saved"
     )

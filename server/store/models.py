@@ -134,7 +134,11 @@ class Decision(Base):
     """One row per controller decision: what it saw, what was in force, what it chose."""
 
     __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_instance_id_id", "instance_id", "id"),)
+    __table_args__ = (
+        Index("ix_decisions_instance_id_id", "instance_id", "id"),
+        # Reports of a time range and the retention's deletes read by window end.
+        Index("ix_decisions_window_end", "window_end"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
@@ -165,9 +169,34 @@ class Decision(Base):
     itl_p90_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class DecisionMinute(Base):
+    """Per instance and minute, the sums the energy reports read: kept past the decisions'
+    retention, and written in the same transaction as the decisions they add up."""
+
+    __tablename__ = "decision_minutes"
+
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    windows: Mapped[int] = mapped_column(Integer)
+    windows_measured: Mapped[int] = mapped_column(Integer)  # with a measured energy
+    windows_estimated: Mapped[int] = mapped_column(Integer)  # with a default-clock figure
+    energy_j: Mapped[float] = mapped_column(Float)  # over the measured windows
+    # Over the estimated windows only: what was used, and what default clocks would have.
+    covered_energy_j: Mapped[float] = mapped_column(Float)
+    default_energy_j: Mapped[float] = mapped_column(Float)
+    modelled_default_j: Mapped[float] = mapped_column(Float)
+    first_window: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_window: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ClockCommand(Base):
     __tablename__ = "clock_commands"
-    __table_args__ = (Index("ix_clock_commands_instance_id_issued_at", "instance_id", "issued_at"),)
+    __table_args__ = (
+        Index("ix_clock_commands_instance_id_issued_at", "instance_id", "issued_at"),
+        Index("ix_clock_commands_issued_at", "issued_at"),  # the retention's deletes
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))

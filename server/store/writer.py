@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.store.models import ClockCommand, Decision, Node, PersistFailure
 from server.store.policy_states import upsert_policy_states
+from server.store.rollups import add_to_minutes
 from server.store.rows import (
     AckRow,
     CommandRow,
@@ -446,6 +447,9 @@ class BatchWriter:
                 db.execute(insert(_COMMANDS), rows)
             for rows in _same_columns(batch.decisions):
                 db.execute(insert(_DECISIONS), rows)
+            # Their minutes grow in the same transaction: a report never sees one without
+            # the other.
+            add_to_minutes(db, batch.decisions)
             for rows in _same_columns(batch.acks):
                 # One executemany UPDATE by primary key for the whole batch's acks.
                 db.execute(update(ClockCommand), rows)

@@ -116,9 +116,7 @@ def test_state_plan_is_a_causal_run_on_arrivals_it_was_not_trained_on(
     reference = run_policy(spec_90s, make_policy("default"))
     ran: list[tuple[int | None, ...]] = []
 
-    def run_maps(
-        buckets: StateBuckets, maps: Sequence[tuple[int | None, ...]]
-    ) -> list[PolicyRun]:
+    def run_maps(buckets: StateBuckets, maps: Sequence[tuple[int | None, ...]]) -> list[PolicyRun]:
         ran.extend(maps)
         return [run_policy(spec_90s, StateMapPolicy(buckets, m)) for m in maps]
 
@@ -165,7 +163,7 @@ def test_the_benchmark_reports_state_plan_trained_on_the_next_seed() -> None:
     assert section["train_seed"] == 1 and section["tries"]
     assert entry["state_plan_held"] == (section["chosen_fill"] is not None)
     if entry["state_plan_held"]:
-        chosen = [t for t in section["tries"] if t["fill"] == section["chosen_fill"]][0]
+        chosen = next(t for t in section["tries"] if t["fill"] == section["chosen_fill"])
         assert chosen["holds"] and chosen["energy_saving_pct"] == entry["energy_saving_pct"]
     assert "## state-plan" in results_markdown(data, [])
     assert data["timing"]["wall_s"]["state-plan"] > 0
