@@ -194,8 +194,9 @@ def table(out: Path) -> dict[str, str]:
         lines = [
             f"## {_trace_name(trace)}",
             "",
-            "Mean saving over the seeds (%), and in brackets the seeds that kept every "
-            "promise of the row. Shares: a policy's saving over oracle-plan's, seed by seed.",
+            "Mean saving over the seeds that ran it (%), and in brackets how many of them "
+            "kept every promise of the row. Shares: a policy's saving over oracle-plan's, "
+            "seed by seed.",
             "",
             "| peak load | promise | seeds | default SLO met | "
             + " | ".join(_COLUMNS)
@@ -212,13 +213,15 @@ def table(out: Path) -> dict[str, str]:
             shown = dict(_SHOWN[promise])
             for label in _COLUMNS:
                 policy = shown.get(label)
-                if policy is None or any(policy not in r["policies"] for r in runs):
+                # Over the seeds that ran it: the bracket says how many kept, of how many.
+                have = [r for r in runs if policy is not None and policy in r["policies"]]
+                if policy is None or not have:
                     row.append("-")
                     continue
-                savings = [r["policies"][policy]["energy_saving_pct"] for r in runs]
-                kept = sum(_kept(r, policy, promise) for r in runs)
+                savings = [r["policies"][policy]["energy_saving_pct"] for r in have]
+                kept = sum(_kept(r, policy, promise) for r in have)
                 mean = _mean(savings)
-                row.append(f"{mean:.1f} ({kept}/{len(runs)})" if mean is not None else "-")
+                row.append(f"{mean:.1f} ({kept}/{len(have)})" if mean is not None else "-")
                 if mean is not None:
                     series[(promise, label)].append((load, mean))
             for label in _SHARES:

@@ -150,7 +150,7 @@ def test_the_benchmark_reports_state_plan_trained_on_the_next_seed() -> None:
     config = BenchConfig(
         trace=shipped_trace_path("azure_conv_2023"),
         rate_scale=2.0,
-        policies=("default", "state-plan"),
+        policies=("default", "state-plan", "oracle-plan"),
         duration_s=45.0,
         drain_s=15.0,
         plan_step_mhz=450,
@@ -166,4 +166,9 @@ def test_the_benchmark_reports_state_plan_trained_on_the_next_seed() -> None:
         chosen = next(t for t in section["tries"] if t["fill"] == section["chosen_fill"])
         assert chosen["holds"] and chosen["energy_saving_pct"] == entry["energy_saving_pct"]
     assert "## state-plan" in results_markdown(data, [])
+    # state-plan's run seeds oracle-plan: the bound never ends below it.
+    plan = data["policies"]["oracle-plan"]["energy_saving_pct"]
+    assert plan >= entry["energy_saving_pct"] or not entry["state_plan_held"]
+    sources = [t["source"] for t in data["oracle_plan"]["tries"]]
+    assert "state-plan's run" in sources
     assert data["timing"]["wall_s"]["state-plan"] > 0
