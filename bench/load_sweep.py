@@ -246,16 +246,25 @@ def _plot(series: dict[tuple[str, str], list[tuple[float, float]]], path: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    # One colour per policy, one line style per promise: a policy reads the same in both.
+    colours = {label: f"C{i}" for i, label in enumerate(_COLUMNS)}
     for (promise, label), points in sorted(series.items()):
         xs, ys = zip(*sorted(points), strict=True)
         style = "-" if promise == "default" else "--"
-        ax.plot(xs, ys, style, marker="o", label=f"{label} ({promise} promise)")
+        ax.plot(
+            xs,
+            ys,
+            style,
+            marker="o",
+            color=colours.get(label, "black"),
+            label=f"{label} ({promise} promise)",
+        )
     ax.set_xlabel("peak load (share of capacity)")
     ax.set_ylabel("energy saved against default clocks (%)")
     ax.set_title(f"{title}: saving against load")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
