@@ -67,6 +67,8 @@ async def running_server(
 ) -> AsyncIterator[RunningServer]:
     # Loop tests want a predictable policy; learner tests ask for theirs by name.
     overrides.setdefault("policy", "static")
+    # Test windows carry made-up times near 1970: a retention pass would delete them.
+    overrides.setdefault("decision_retention_days", 0)
     settings = Settings(
         database_url=database_url,
         http_host="127.0.0.1",
