@@ -439,8 +439,8 @@ class Engine:
         m.decode_time.observe(t - r.first_token)
         m.request_prompt_tokens.observe(r.prompt)
         m.request_generation_tokens.observe(r.output)
-        if r.output > 1:
-            m.tpot_request.observe((t - r.first_token) / (r.output - 1))
+        # As vLLM: every finished request is observed, a one-token answer as 0.
+        m.tpot_request.observe((t - r.first_token) / (r.output - 1) if r.output > 1 else 0.0)
         self.completed.append(
             RequestRecord(
                 request_id=r.rid,

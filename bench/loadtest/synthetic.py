@@ -106,6 +106,7 @@ def window(
             inter_token_latency_s=_histogram(ITL_BUCKETS, rng, tokens // 50, 0),
             e2e_latency_s=_histogram(REQUEST_LATENCY_BUCKETS, rng, requests, 6),
             iteration_tokens=_histogram(ITERATION_TOKEN_BUCKETS, rng, 40, 3),
+            request_tpot_s=_histogram(ITL_BUCKETS, rng, requests, 1),
         ),
     )
 

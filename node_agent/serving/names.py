@@ -25,6 +25,7 @@ class EngineNames:
     inter_token_latency: tuple[str, ...]
     e2e_latency: tuple[str, ...]
     iteration_tokens: tuple[str, ...]
+    request_tpot: tuple[str, ...]
 
 
 # vllm/v1/metrics/loggers.py (PrometheusStatLogger), labels model_name and engine (the
@@ -34,6 +35,10 @@ class EngineNames:
 # vllm:time_per_output_token_seconds to vllm:inter_token_latency_seconds.
 # vllm:request_success_total has one series per finished_reason (stop, length, abort),
 # summed here into one count of finished requests.
+# vllm:request_time_per_output_token_seconds (the v1 engine's, beside the inter-token
+# histogram; absent elsewhere, so unknown) observes each finished request's (last token
+# - first token) / (output tokens - 1), 0 for a one-token answer (vllm/v1/metrics/
+# stats.py, update_from_finished_request): the per-request TPOT an objective is about.
 VLLM = EngineNames(
     running=("vllm:num_requests_running",),
     waiting=("vllm:num_requests_waiting",),
@@ -48,6 +53,7 @@ VLLM = EngineNames(
     inter_token_latency=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
     e2e_latency=("vllm:e2e_request_latency_seconds",),
     iteration_tokens=("vllm:iteration_tokens_total",),
+    request_tpot=("vllm:request_time_per_output_token_seconds",),
 )
 
 # python/sglang/srt/metrics/collector.py (commit 00ae9c15): the scheduler's gauges and
@@ -76,6 +82,7 @@ SGLANG = EngineNames(
     ),
     e2e_latency=("sglang:e2e_request_latency_seconds",),
     iteration_tokens=(),
+    request_tpot=(),
 )
 
 BY_ENGINE = {"vllm": VLLM, "sglang": SGLANG}

@@ -36,7 +36,7 @@ COUNTERS = (
     "prefix_cache_hits",
     "requests_finished",
 )
-HISTOGRAMS = ("ttft", "inter_token_latency", "e2e_latency", "iteration_tokens")
+HISTOGRAMS = ("ttft", "inter_token_latency", "e2e_latency", "iteration_tokens", "request_tpot")
 
 
 class SnapshotError(ValueError):
@@ -244,6 +244,7 @@ _HISTOGRAM_FIELDS = (
     ("inter_token_latency", "inter_token_latency_s"),
     ("e2e_latency", "e2e_latency_s"),
     ("iteration_tokens", "iteration_tokens"),
+    ("request_tpot", "request_tpot_s"),
 )
 
 

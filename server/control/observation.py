@@ -82,6 +82,9 @@ class ServingSample:
     prefix_cache_hits: float | None = None
     e2e_latency_s: HistogramDelta | None = None
     iteration_tokens: HistogramDelta | None = None
+    # Per finished request, its mean time per output token (what a TPOT SLO is about;
+    # inter_token_latency_s holds every gap of every request instead).
+    request_tpot_s: HistogramDelta | None = None
     counters_reset: bool = False
 
 

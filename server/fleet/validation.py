@@ -188,6 +188,7 @@ def serving_sample(s: pb.ServingWindow) -> ServingSample | None:
         prefix_cache_hits=count("prefix_cache_hits"),
         e2e_latency_s=histogram(s.e2e_latency_s, "serving.e2e_latency_s"),
         iteration_tokens=histogram(s.iteration_tokens, "serving.iteration_tokens"),
+        request_tpot_s=histogram(s.request_tpot_s, "serving.request_tpot_s"),
         counters_reset=s.counters_reset,
     )
 

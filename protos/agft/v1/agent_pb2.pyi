@@ -639,6 +639,7 @@ class ServingWindow(_message.Message):
     INTER_TOKEN_LATENCY_S_FIELD_NUMBER: _builtins.int
     E2E_LATENCY_S_FIELD_NUMBER: _builtins.int
     ITERATION_TOKENS_FIELD_NUMBER: _builtins.int
+    REQUEST_TPOT_S_FIELD_NUMBER: _builtins.int
     available: _builtins.bool
     """False when /metrics could not be read or parsed: every other field is then unset."""
     error: _builtins.str
@@ -665,6 +666,12 @@ class ServingWindow(_message.Message):
     def e2e_latency_s(self) -> Global___Histogram: ...
     @_builtins.property
     def iteration_tokens(self) -> Global___Histogram: ...
+    @_builtins.property
+    def request_tpot_s(self) -> Global___Histogram:
+        """Per finished request: (last token - first token) / (output tokens - 1), 0 for one token
+        (vLLM's vllm:request_time_per_output_token_seconds): the TPOT the SLO is about.
+        """
+
     def __init__(
         self,
         *,
@@ -684,10 +691,11 @@ class ServingWindow(_message.Message):
         inter_token_latency_s: Global___Histogram | None = ...,
         e2e_latency_s: Global___Histogram | None = ...,
         iteration_tokens: Global___Histogram | None = ...,
+        request_tpot_s: Global___Histogram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_generation_tokens", b"_generation_tokens", "_kv_cache_usage", b"_kv_cache_usage", "_num_requests_running", b"_num_requests_running", "_num_requests_waiting", b"_num_requests_waiting", "_preemptions", b"_preemptions", "_prefix_cache_hits", b"_prefix_cache_hits", "_prefix_cache_queries", b"_prefix_cache_queries", "_prompt_tokens", b"_prompt_tokens", "_requests_finished", b"_requests_finished", "e2e_latency_s", b"e2e_latency_s", "generation_tokens", b"generation_tokens", "inter_token_latency_s", b"inter_token_latency_s", "iteration_tokens", b"iteration_tokens", "kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "preemptions", b"preemptions", "prefix_cache_hits", b"prefix_cache_hits", "prefix_cache_queries", b"prefix_cache_queries", "prompt_tokens", b"prompt_tokens", "requests_finished", b"requests_finished", "ttft_s", b"ttft_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_generation_tokens", b"_generation_tokens", "_kv_cache_usage", b"_kv_cache_usage", "_num_requests_running", b"_num_requests_running", "_num_requests_waiting", b"_num_requests_waiting", "_preemptions", b"_preemptions", "_prefix_cache_hits", b"_prefix_cache_hits", "_prefix_cache_queries", b"_prefix_cache_queries", "_prompt_tokens", b"_prompt_tokens", "_requests_finished", b"_requests_finished", "e2e_latency_s", b"e2e_latency_s", "generation_tokens", b"generation_tokens", "inter_token_latency_s", b"inter_token_latency_s", "iteration_tokens", b"iteration_tokens", "kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "preemptions", b"preemptions", "prefix_cache_hits", b"prefix_cache_hits", "prefix_cache_queries", b"prefix_cache_queries", "prompt_tokens", b"prompt_tokens", "request_tpot_s", b"request_tpot_s", "requests_finished", b"requests_finished", "ttft_s", b"ttft_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_generation_tokens", b"_generation_tokens", "_kv_cache_usage", b"_kv_cache_usage", "_num_requests_running", b"_num_requests_running", "_num_requests_waiting", b"_num_requests_waiting", "_preemptions", b"_preemptions", "_prefix_cache_hits", b"_prefix_cache_hits", "_prefix_cache_queries", b"_prefix_cache_queries", "_prompt_tokens", b"_prompt_tokens", "_requests_finished", b"_requests_finished", "available", b"available", "counters_reset", b"counters_reset", "e2e_latency_s", b"e2e_latency_s", "error", b"error", "generation_tokens", b"generation_tokens", "inter_token_latency_s", b"inter_token_latency_s", "iteration_tokens", b"iteration_tokens", "kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "preemptions", b"preemptions", "prefix_cache_hits", b"prefix_cache_hits", "prefix_cache_queries", b"prefix_cache_queries", "prompt_tokens", b"prompt_tokens", "requests_finished", b"requests_finished", "ttft_s", b"ttft_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_generation_tokens", b"_generation_tokens", "_kv_cache_usage", b"_kv_cache_usage", "_num_requests_running", b"_num_requests_running", "_num_requests_waiting", b"_num_requests_waiting", "_preemptions", b"_preemptions", "_prefix_cache_hits", b"_prefix_cache_hits", "_prefix_cache_queries", b"_prefix_cache_queries", "_prompt_tokens", b"_prompt_tokens", "_requests_finished", b"_requests_finished", "available", b"available", "counters_reset", b"counters_reset", "e2e_latency_s", b"e2e_latency_s", "error", b"error", "generation_tokens", b"generation_tokens", "inter_token_latency_s", b"inter_token_latency_s", "iteration_tokens", b"iteration_tokens", "kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "preemptions", b"preemptions", "prefix_cache_hits", b"prefix_cache_hits", "prefix_cache_queries", b"prefix_cache_queries", "prompt_tokens", b"prompt_tokens", "request_tpot_s", b"request_tpot_s", "requests_finished", b"requests_finished", "ttft_s", b"ttft_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__generation_tokens: _TypeAlias = _typing.Literal["generation_tokens"]  # noqa: Y015
     _WhichOneofArgType__generation_tokens: _TypeAlias = _typing.Literal["_generation_tokens", b"_generation_tokens"]  # noqa: Y015

@@ -35,6 +35,7 @@ from server.control.agft.budget import RelativeBudget
 from server.control.agft.models import POWER_SCALE_W, FloatArray, LatencyModel, PowerModel
 from server.control.agft.signals import context_of, is_idle, mean_and_count, share_above
 from server.control.agft.tail import TtftPromises
+from server.control.agft.tpot import TpotMisses
 from server.control.agft.tunables import AgftTunables
 from server.control.features import window_features
 from server.control.observation import HistogramDelta, Observation, ServingSample
@@ -42,7 +43,7 @@ from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
 from server.control.ridge import RidgeArm
 from server.control.state_schema import StateReader
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 _STATE_KEYS = frozenset(
     (
         "version",
@@ -58,6 +59,7 @@ _STATE_KEYS = frozenset(
         "ttft",
         "relative_itl",
         "ttft_promises",
+        "tpot_misses",
     )
 )
 
@@ -85,6 +87,7 @@ class AgftPolicy(Policy):
         self._ttft = LatencyModel(t.ridge_lambda)
         self._rel_itl = RelativeBudget(t.reference_windows)
         self._ttft_promises = TtftPromises(t.reference_windows)
+        self._tpot_misses = TpotMisses(t.reference_windows)
         # p-th percentile over mean, per metric: the SLO is on a percentile, the models on means.
         self._ttft_tail_ratio = 2.0
         self._windows = 0
@@ -155,6 +158,7 @@ class AgftPolicy(Policy):
     def resume(self) -> None:
         self._rel_itl.resume()
         self._ttft_promises.resume()
+        self._tpot_misses.resume()
 
     def _choose(
         self,
@@ -185,11 +189,16 @@ class AgftPolicy(Policy):
             rel_itl = self._rel_itl.limit(q, slowdown)
             if rel_itl is not None:
                 itl_limit = min(itl_limit, rel_itl)
+        itl_limit *= self._tpot_gain()
         ttft_limit = self._ttft_promises.limit(
             q / 100.0, slowdown, ttft_limit, self.tunables.attainment_loss
         )
         m = self.tunables.budget_margin
         return itl_limit * m, ttft_limit / self._ttft_ratio() * m
+
+    def _tpot_gain(self) -> float:
+        """The attainment promise's hold on token gaps (1: none; below: tighter)."""
+        return self._tpot_misses.gain if self.tunables.attainment_loss is not None else 1.0
 
     def _ttft_ratio(self) -> float:
         """p-th percentile over mean TTFT: of the pooled requests once there are enough,
@@ -223,6 +232,7 @@ class AgftPolicy(Policy):
         limits["ttft_relative_s"] = None if math.isinf(ttft_relative) else ttft_relative
         itl_mean_budget = (
             min(v for v in (limits["itl_slo_s"], limits["itl_relative_s"]) if v is not None)
+            * self._tpot_gain()
             * t.budget_margin
         )
         ttft_budget = (
@@ -260,6 +270,7 @@ class AgftPolicy(Policy):
             "ttft_budget_s": ttft_budget,
             **limits,
             "max_slowdown": t.max_slowdown,
+            "tpot_attainment_gain": self._tpot_gain(),
             "last_choice_mhz": self._last_choice,
             "clocks": clocks,
         }
@@ -345,21 +356,32 @@ class AgftPolicy(Policy):
             self._rel_itl.add(itl[0], speedup, itl[1])
             if itl[0] > itl_budget * self.tunables.breach_factor:
                 over.append(f"mean ITL {itl[0] * 1e3:.1f} ms")
+        loss = self.tunables.attainment_loss
+        tpot = serving.request_tpot_s
+        tpot_misses = 0.0
+        if loss is not None and tpot is not None:
+            tpot_misses = self._tpot_misses.excess(
+                tpot, self._itl.speedup_to_max(context, ell), self.slo.tpot_s
+            )
+        ttft_misses = 0.0
         ttft = mean_and_count(serving.ttft_s)
         if ttft is not None:
             self._ttft.update(context, ell, ttft[0])
             self._track_ttft_tail(serving.ttft_s, ttft[0])
             if serving.ttft_s is not None:
-                self._ttft_promises.add(
+                ttft_misses = self._ttft_promises.add(
                     serving.ttft_s,
                     self._ttft.speedup_to_max(context, ell),
                     self.slo.percentile / 100.0,
                     self.tunables.max_slowdown,
                     self.slo.ttft_s,
-                    self.tunables.attainment_loss,
+                    loss,
+                    other_misses=tpot_misses,
                 )
             if ttft[0] > ttft_budget * self.tunables.breach_factor:
                 over.append(f"mean TTFT {ttft[0] * 1e3:.0f} ms")
+        if loss is not None and tpot is not None:
+            self._tpot_misses.add(tpot, tpot_misses + ttft_misses, loss)
         # SLO misses are counted exactly where the limit is a bucket bound (vLLM has 0.25 s
         # and 0.5 s for TTFT and 0.05 s for inter-token latency): a window that already lets
         # more requests (nearly) miss than the percentile allows must not be slowed further.
@@ -397,6 +419,7 @@ class AgftPolicy(Policy):
             "ttft": self._ttft.ridge.to_dict(),
             "relative_itl": self._rel_itl.to_dict(),
             "ttft_promises": self._ttft_promises.to_dict(),
+            "tpot_misses": self._tpot_misses.to_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -421,6 +444,7 @@ class AgftPolicy(Policy):
         size = self.tunables.reference_windows
         rel_itl = RelativeBudget.from_dict(state.get("relative_itl"), size, read, "relative_itl")
         promises = TtftPromises.from_dict(state.get("ttft_promises"), size, read, "ttft_promises")
+        tpot_misses = TpotMisses.from_dict(state.get("tpot_misses"), size, read, "tpot_misses")
         tail = read.bounded(state.get("ttft_tail_ratio"), "ttft_tail_ratio", 1.0, math.inf)
         windows = read.count(state.get("windows"), "windows")
         last_choice = read.optional_integer(state.get("last_choice"), "last_choice")
@@ -433,6 +457,7 @@ class AgftPolicy(Policy):
             models["ttft"],
         )
         self._rel_itl, self._ttft_promises = rel_itl, promises
+        self._tpot_misses = tpot_misses
         self._ttft_tail_ratio = tail
         self._windows = windows
         self._last_choice = last_choice
