@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from server.store.models import ClockCommand, Decision, DecisionMinute, Instance
 from server.store.retention import delete_before
 from server.store.rows import CommandRow, DecisionRow
 from server.store.writer import BatchWriter
+from tests.helpers.rows import decision_row
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -58,31 +58,7 @@ def _instances(factory: sessionmaker[Session], n: int) -> list[int]:
 
 
 def _decision(instance_id: int, at_s: float, **extra: Any) -> DecisionRow:
-    t = T0 + timedelta(seconds=at_s)
-    row = DecisionRow(
-        instance_id=instance_id,
-        decided_at=t,
-        window_start=t - timedelta(seconds=1),
-        window_end=t,
-        policy="agft",
-        slo_policy_id=None,
-        mode="auto",
-        features={},
-        clock_in_force_mhz=None,
-        clock_chosen_mhz=None,
-        reason="r",
-        command_id=None,
-        reward=None,
-        energy_j=None,
-        prompt_tokens=None,
-        generation_tokens=None,
-        ttft_p50_s=None,
-        ttft_p90_s=None,
-        itl_p50_s=None,
-        itl_p90_s=None,
-        default_energy_j=None,
-    )
-    return dataclasses.replace(row, **extra)
+    return decision_row(instance_id, T0 + timedelta(seconds=at_s), **extra)
 
 
 def _windows(instance_ids: list[int], seconds: range) -> list[DecisionRow]:

@@ -26,6 +26,7 @@ from server.store.migrate import upgrade_to_head
 from server.store.models import ClockCommand, Decision, Instance, Node, PersistFailure
 from server.store.rows import AckRow, CommandRow, DecisionRow
 from server.store.writer import BatchWriter, is_transient
+from tests.helpers.rows import decision_row
 
 
 @pytest.fixture
@@ -61,30 +62,8 @@ def _instance(factory: sessionmaker[Session]) -> int:
 
 def _decision(instance_id: int, n: int, **extra: Any) -> DecisionRow:
     t = datetime.fromtimestamp(1_000_000 + n, UTC)
-    row = DecisionRow(
-        instance_id=instance_id,
-        decided_at=t,
-        window_start=t,
-        window_end=t,
-        policy="static",
-        slo_policy_id=None,
-        mode="auto",
-        features={"n": float(n)},
-        clock_in_force_mhz=None,
-        clock_chosen_mhz=None,
-        reason=f"row {n}",
-        command_id=None,
-        reward=None,
-        energy_j=None,
-        prompt_tokens=None,
-        generation_tokens=None,
-        ttft_p50_s=None,
-        ttft_p90_s=None,
-        itl_p50_s=None,
-        itl_p90_s=None,
-        default_energy_j=None,
-    )
-    return dataclasses.replace(row, **extra)
+    fields = {"policy": "static", "features": {"n": float(n)}, "reason": f"row {n}", **extra}
+    return decision_row(instance_id, t, window_s=0.0, **fields)
 
 
 def _command(instance_id: int, n: int, **extra: Any) -> CommandRow:
