@@ -23,6 +23,9 @@ state-plan's shares of oracle-plan's saving and how many seeds kept each promise
     python -m bench.load_sweep run-front-door --trace ... (the same arguments)
     python -m bench.load_sweep run-state-plan --trace ... (the same arguments)
     python -m bench.load_sweep table docs/bench/load-sweep
+
+`--gpu` and `--model` run the sweep on another simulated card or model (give it its own
+--out); the table's title names them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from bench.harness import PolicyRun
 from bench.plan_search import broken
 from bench.report import write_results
 from bench.runner import BenchConfig, PreparedStream, prepare, run_bench
+from sim.profiles import gpu_profile_names, model_profile_names
 
 PROMISES = ("default", "slo-only")
 SLO_ONLY_AGFT = "agft:max_slowdown=none"
@@ -93,20 +97,32 @@ _COLUMNS = (
 _SHARES = ("agft", "agft+router", "state-plan")
 
 
+DEFAULT_GPU, DEFAULT_MODEL = "h100-sxm", "llama-3.1-8b"
+
+
 def _prepared(
-    trace: Path, load: float, seed: int, duration_s: float | None
+    trace: Path, load: float, seed: int, duration_s: float | None, gpu: str, model: str
 ) -> tuple[BenchConfig, PreparedStream, io.StringIO]:
     """One cell's config and arrivals, and the stream its progress goes to (nowhere)."""
-    base = BenchConfig(trace=trace, peak_load=load, seed=seed, duration_s=duration_s)
+    base = BenchConfig(
+        trace=trace, gpu=gpu, model=model, peak_load=load, seed=seed, duration_s=duration_s
+    )
     quiet = io.StringIO()
     return base, prepare(base, err=quiet), quiet
 
 
 def run_cell(
-    trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
+    trace: Path,
+    load: float,
+    seed: int,
+    out: Path,
+    jobs: int,
+    duration_s: float | None = None,
+    gpu: str = DEFAULT_GPU,
+    model: str = DEFAULT_MODEL,
 ) -> None:
     """Both promises for one trace, load and seed, on the same prepared arrivals."""
-    base, workload, quiet = _prepared(trace, load, seed, duration_s)
+    base, workload, quiet = _prepared(trace, load, seed, duration_s, gpu, model)
     # PROMISES go from the strictest to the loosest: every run that kept a stricter promise
     # keeps the looser one, so the looser bound starts from all of them and can never end
     # below the stricter (a 45 s cut of conv 2023 at 50 % peak: the SLO-only search alone
@@ -120,10 +136,17 @@ def run_cell(
 
 
 def run_front_door_cell(
-    trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
+    trace: Path,
+    load: float,
+    seed: int,
+    out: Path,
+    jobs: int,
+    duration_s: float | None = None,
+    gpu: str = DEFAULT_GPU,
+    model: str = DEFAULT_MODEL,
 ) -> None:
     """agft with the fast loop, both promises, for one trace, load and seed."""
-    base, workload, quiet = _prepared(trace, load, seed, duration_s)
+    base, workload, quiet = _prepared(trace, load, seed, duration_s, gpu, model)
     for promise in PROMISES:
         config = replace(
             base, policies=_FRONT_DOOR_POLICIES[promise], oracle_slowdown=_SLOWDOWN[promise]
@@ -134,10 +157,17 @@ def run_front_door_cell(
 
 
 def run_state_plan_cell(
-    trace: Path, load: float, seed: int, out: Path, jobs: int, duration_s: float | None = None
+    trace: Path,
+    load: float,
+    seed: int,
+    out: Path,
+    jobs: int,
+    duration_s: float | None = None,
+    gpu: str = DEFAULT_GPU,
+    model: str = DEFAULT_MODEL,
 ) -> None:
     """state-plan under both promises for one trace, load and seed."""
-    base, workload, quiet = _prepared(trace, load, seed, duration_s)
+    base, workload, quiet = _prepared(trace, load, seed, duration_s, gpu, model)
     for promise in PROMISES:
         config = replace(base, policies=_STATE_PLAN_POLICIES, oracle_slowdown=_SLOWDOWN[promise])
         result = run_bench(config, workload, err=quiet, jobs=jobs)
@@ -191,8 +221,9 @@ def table(out: Path) -> dict[str, str]:
     """Per trace, the Markdown table (and beside it, trace.png)."""
     tables = {}
     for trace, cells in _read(out).items():
+        settings = next(iter(cells.values()))[0]["settings"]
         lines = [
-            f"## {_trace_name(trace)}",
+            f"## {_trace_name(trace)} ({settings['gpu']} / {settings['model']})",
             "",
             "Mean saving over the seeds that ran it (%), and in brackets how many of them "
             "kept every promise of the row. Shares: a policy's saving over oracle-plan's, "
@@ -291,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.add_argument("--seeds", default="0,1,2,3")
         run.add_argument("--jobs", type=int, default=2)
         run.add_argument("--duration", type=float, default=None, help="cut each trace (s)")
+        run.add_argument("--gpu", default=DEFAULT_GPU, choices=gpu_profile_names())
+        run.add_argument("--model", default=DEFAULT_MODEL, choices=model_profile_names())
         run.add_argument("--out", type=Path, default=Path("docs/bench/load-sweep"))
     show = sub.add_parser("table", help="tables and PNGs of a finished sweep")
     show.add_argument("out", type=Path)
@@ -304,7 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for trace in args.trace:
                 for load in loads:
                     print(f"{trace.name} at {load:g} peak, seed {seed}", file=sys.stderr)
-                    cell(trace, load, seed, args.out, args.jobs, args.duration)
+                    cell(
+                        trace,
+                        load,
+                        seed,
+                        args.out,
+                        args.jobs,
+                        args.duration,
+                        gpu=args.gpu,
+                        model=args.model,
+                    )
         return 0
     tables = table(args.out)
     text = "\n".join(tables[t] for t in sorted(tables))

@@ -38,3 +38,12 @@ def test_a_sweep_cell_writes_both_promises_and_the_table_reads_them(tmp_path: Pa
         saving = json.loads(extra.read_text())["policies"]["state-plan"]["energy_saving_pct"]
         assert f"{saving:.1f} (" in row
     assert (tmp_path / "azure_conv_2023.png").stat().st_size > 10_000
+
+
+def test_a_sweep_on_another_card_says_so(tmp_path: Path) -> None:
+    trace = shipped_trace_path("azure_conv_2023")
+    run_cell(trace, 0.5, 0, tmp_path, jobs=1, duration_s=30.0, gpu="a100-sxm")
+    cell = tmp_path / "azure_conv_2023" / "peak0.5" / "default" / "seed0"
+    settings = json.loads((cell / "results.json").read_text())["settings"]
+    assert (settings["gpu"], settings["model"]) == ("a100-sxm", "llama-3.1-8b")
+    assert table(tmp_path)["azure_conv_2023"].startswith("## azure_conv_2023 (a100-sxm / ")
