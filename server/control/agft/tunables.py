@@ -14,9 +14,9 @@ class AgftTunables:
     # gain from the max clock as load rises (at 5.5 %, conv 2023 at 70 % peak ended at
     # +8.2-9.7 % p90 TTFT over seeds 0-3; at 4.5 %, +6.7-8.9 %; docs/CONTROLLER.md).
     max_slowdown: float | None = 0.045  # relative p-th percentile budget vs default clocks
-    # The share of requests that may newly miss the TTFT objective against default clocks
-    # (None: only the per-window miss rule guards attainment): half the promised point
-    # (server/slo/controllers.py ATTAINMENT_AIM).
+    # The share of requests that may newly miss the TTFT or the TPOT objective against
+    # default clocks, one budget for both (None: only the per-window miss rule guards
+    # attainment): half the promised point (server/slo/controllers.py ATTAINMENT_AIM).
     attainment_loss: float | None = 0.005
     budget_margin: float = 1.0  # aim this far inside the budget
     grid_step_mhz: int = 30
