@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 __all__ = ["EngineMetrics", "Histogram", "format_value", "request_token_buckets"]
 
@@ -55,6 +56,18 @@ def format_value(v: float) -> str:
     if v != v:
         return "NaN"
     return repr(float(v))
+
+
+@lru_cache(maxsize=256)
+def _bucket_prefixes(
+    name: str, engine: str, model_name: str, buckets: tuple[float, ...]
+) -> tuple[str, ...]:
+    """Each bucket line up to its count: fixed for a histogram, and rendered every scrape
+    (the benchmark scrapes every simulated window, so this was a tenth of a run's time)."""
+    return tuple(
+        f'{name}_bucket{{engine="{engine}",le="{format_value(bound)}",model_name="{model_name}"}} '
+        for bound in (*buckets, float("inf"))
+    )
 
 
 @dataclass(slots=True)
@@ -136,13 +149,11 @@ class EngineMetrics:
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} histogram")
             lines.append(f"{name}_sum{{{base}}} {format_value(h.total)}")
-            cum = h.cumulative()
-            for bound, c in zip((*h.buckets, float("inf")), cum, strict=True):
-                le = format_value(bound)
-                lines.append(
-                    f'{name}_bucket{{engine="{engine}",le="{le}",model_name="{model_name}"}} '
-                    f"{format_value(c)}"
-                )
+            running = 0
+            prefixes = _bucket_prefixes(name, engine, model_name, h.buckets)
+            for prefix, c in zip(prefixes, h.counts, strict=True):
+                running += c
+                lines.append(f"{prefix}{running}.0")  # a count as Prometheus writes it
             lines.append(f"{name}_count{{{base}}} {format_value(h.count)}")
 
         scalar(
