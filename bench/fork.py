@@ -37,20 +37,34 @@ class _NodePickler(pickle.Pickler):
         return NotImplemented
 
 
+class NodeImage:
+    """A virtual-clock node pickled once at an instant, to fork from many times.
+
+    oracle-plan's table forks every candidate clock from the same instant; pickling the
+    node once and loading it once per candidate halves what a fork costs there."""
+
+    def __init__(self, node: SimulatedNode) -> None:
+        if node.realtime:
+            raise ValueError("only a virtual-clock node can be forked")
+        history = {id(inst.sim_engine.completed) for inst in node.instances}
+        self._buffers: list[Any] = []
+        out = io.BytesIO()
+        with node.lock:
+            _NodePickler(out, history, self._buffers).dump(node)
+        self._data = out.getbuffer()
+
+    def fork(self) -> SimulatedNode:
+        """An independent copy of the node as it was when imaged."""
+        fork = pickle.loads(self._data, buffers=self._buffers)
+        if not isinstance(fork, SimulatedNode):
+            raise TypeError(f"fork produced {type(fork).__name__}")
+        return fork
+
+
 def fork_node(node: SimulatedNode) -> SimulatedNode:
     """An independent copy of a virtual-clock node at its current instant.
 
     The fork has its own clock, GPUs, engines and arrival positions; advancing either one
     never changes the other. Its completed-request history starts empty.
     """
-    if node.realtime:
-        raise ValueError("only a virtual-clock node can be forked")
-    history = {id(inst.sim_engine.completed) for inst in node.instances}
-    buffers: list[Any] = []
-    out = io.BytesIO()
-    with node.lock:
-        _NodePickler(out, history, buffers).dump(node)
-    fork = pickle.loads(out.getbuffer(), buffers=buffers)
-    if not isinstance(fork, SimulatedNode):
-        raise TypeError(f"fork produced {type(fork).__name__}")
-    return fork
+    return NodeImage(node).fork()

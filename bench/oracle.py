@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 from agft.v1 import agent_pb2 as pb
-from bench.fork import fork_node
+from bench.fork import NodeImage, fork_node
 from bench.harness import instance_arms
 from bench.samples import Recorder, RunningQuantiles, Samples
 from node_agent.clocks import ClockController
@@ -214,11 +214,16 @@ class OracleSearch:
 
 
 def run_horizon(
-    node: SimulatedNode, clock_mhz: int | None, arms: ClockArms, window_s: float, lookahead: int
+    node: SimulatedNode | NodeImage,
+    clock_mhz: int | None,
+    arms: ClockArms,
+    window_s: float,
+    lookahead: int,
 ) -> Horizon:
-    """Fork the node; run one window at clock_mhz (None: default clocks), then `lookahead`
-    windows at default clocks; observe each window. The node itself is not touched."""
-    fork = fork_node(node)
+    """Fork the node (or an image of it); run one window at clock_mhz (None: default
+    clocks), then `lookahead` windows at default clocks; observe each window. The node
+    itself is not touched."""
+    fork = node.fork() if isinstance(node, NodeImage) else fork_node(node)
     inst = fork.instances[0]
     ttft, itl = Recorder(), Recorder()
     inst.sim_engine.metrics.ttft, inst.sim_engine.metrics.itl = ttft, itl

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.fork import NodeImage
 from bench.harness import RunSpec, instance_arms, new_node
 from bench.oracle import Horizon, run_horizon
 from bench.samples import Recorder, weighted_quantile
@@ -149,8 +150,9 @@ def table_rows(
     for k in range(start, stop):
         node.advance_to(t0 + (k + 1) * spec.window_s)
         base: tuple[float, tuple[float, float, float]] | None = None
+        image = NodeImage(node)  # every candidate forks from this instant
         for c, clock in enumerate(clocks):
-            h = run_horizon(node, clock, arms, spec.window_s, lookahead)
+            h = run_horizon(image, clock, arms, spec.window_s, lookahead)
             counts = exceedances(h, th)
             if base is None:
                 base = (h.energy_j, counts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.arrivals import Arrivals, FixedArrivals
-from bench.fork import fork_node
+from bench.fork import NodeImage, fork_node
 from sim.engine import RequestRecord
 from sim.node import SimulatedNode
 
@@ -44,6 +44,27 @@ def test_fork_and_original_match_a_fresh_run_exactly(arrivals_90s: Arrivals) -> 
     assert fork.instances[0].completed_requests() == done
     assert _finished_after(original, t0 + 30.0) == done
     assert fork.instances[0].render_metrics() == fresh.instances[0].render_metrics()
+
+
+def test_forks_of_one_image_are_each_the_node_as_imaged(arrivals_90s: Arrivals) -> None:
+    original = _node(arrivals_90s)
+    t0 = original.now()
+    original.advance_to(t0 + 30.0)
+    image = NodeImage(original)
+    original.advance_to(t0 + 45.0)  # the image keeps the instant it was taken at
+    first, second = image.fork(), image.fork()
+    fresh = _node(arrivals_90s)
+    fresh.advance_to(t0 + 30.0)
+    _lock(first, 900)  # one fork's clock is its own
+    for node in (first, second, fresh):
+        node.advance_to(t0 + 60.0)
+
+    assert second.backend.locked_sm_clocks_mhz(0) is None
+    assert _energy_mj(second) == _energy_mj(fresh)
+    assert second.instances[0].completed_requests() == _finished_after(fresh, t0 + 30.0)
+    assert _energy_mj(first) != _energy_mj(second)
+    # The image outlives the original's progress: a third fork still starts at 30 s.
+    assert image.fork().now() == pytest.approx(t0 + 30.0)
 
 
 def test_a_fork_does_not_consume_the_originals_arrivals(arrivals_90s: Arrivals) -> None:
