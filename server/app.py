@@ -154,15 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await fleet.load_control()
         fleet.start()
-        retention = (
-            asyncio.create_task(
-                run_retention(
-                    factory, settings.decision_retention_days, settings.retention_interval_s
-                ),
-                name="agft-retention",
-            )
-            if settings.decision_retention_days > 0
-            else None
+        # Always running: with nothing to delete (retention 0) the decisions' day
+        # partitions still need making ahead.
+        retention = asyncio.create_task(
+            run_retention(factory, settings.decision_retention_days, settings.retention_interval_s),
+            name="agft-retention",
         )
         # No SO_REUSEPORT: a second server on the same port must fail, not split the agents.
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -192,10 +188,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for session in list(fleet.sessions.values()):
                 session.close()
             await grpc_server.stop(grace=1.0)
-            if retention is not None:
-                retention.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retention
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
             await fleet.stop()
             await writer.stop(timeout_s=settings.persist_shutdown_s)
             engine.dispose()

@@ -92,10 +92,15 @@ class Settings(BaseSettings):
         default=30.0,
         ge=0,
         description="decisions and clock commands older than this many days are deleted; "
-        "the per-minute energy sums are kept (0: keep everything)",
+        "the per-minute energy sums are kept (0: keep everything); on PostgreSQL a whole "
+        "UTC day of decisions goes at once, when all of it is older",
     )
     retention_interval_s: float = Field(
-        default=300.0, gt=0.0, le=86400.0, description="how often the retention runs"
+        default=300.0,
+        gt=0.0,
+        le=86400.0,
+        description="how often the retention runs and the decisions' day partitions "
+        "(PostgreSQL) are made ahead",
     )
     state_save_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="how often learned states are saved"
