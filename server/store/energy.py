@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from server.store.models import Decision, DecisionMinute
-from server.store.rollups import minute_of, next_minute
+from server.store.rollups import minute_of, next_minute, window_sums
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +115,8 @@ def _from_minutes(db: Session, since: datetime, until: datetime) -> list[Instanc
 def _from_decisions(db: Session, since: datetime, until: datetime) -> list[InstanceEnergy]:
     if since >= until:
         return []
-    estimated = Decision.default_energy_j.is_not(None) & Decision.energy_j.is_not(None)
-    modelled = estimated & (Decision.default_energy_j != Decision.energy_j)
     rows = db.execute(
-        select(
-            Decision.instance_id,
-            func.count(),
-            func.count(Decision.energy_j),
-            func.sum(case((estimated, 1), else_=0)),
-            func.coalesce(func.sum(Decision.energy_j), 0.0),
-            func.coalesce(func.sum(case((estimated, Decision.energy_j), else_=0.0)), 0.0),
-            func.coalesce(func.sum(case((estimated, Decision.default_energy_j), else_=0.0)), 0.0),
-            func.coalesce(func.sum(case((modelled, Decision.default_energy_j), else_=0.0)), 0.0),
-            func.min(Decision.window_end),
-            func.max(Decision.window_end),
-        )
+        select(Decision.instance_id, *window_sums(cast(Table, Decision.__table__)))
         .where(Decision.window_end >= since, Decision.window_end < until)
         .group_by(Decision.instance_id)
     ).all()

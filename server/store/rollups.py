@@ -1,4 +1,4 @@
-"""Per-minute sums of the decisions, for the energy reports.
+"""Per-minute sums of the decisions, for the energy reports, and the rule that counts them.
 
 The writer adds each batch's decisions to their minutes in the same transaction that
 inserts them (`add_to_minutes`), so the sums are never behind the rows and a window sent
@@ -6,15 +6,33 @@ again after a crash, which lands in a minute summed long ago, still counts once:
 fleet stores each window once, and its minute grows by it. The sums outlive the
 decisions' retention (server/store/retention.py): a report over last year reads minutes,
 not windows.
+
+What a decision adds to a sum is written once, as SQL (`window_sums`): the minutes sum
+each batch with it, and server/store/energy.py sums the part-minutes at the ends of a
+report's range from the decisions with it, so the two can never count differently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Float,
+    FromClause,
+    Integer,
+    Table,
+    case,
+    column,
+    func,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -22,7 +40,7 @@ from sqlalchemy.orm import Session
 from server.store.models import DecisionMinute
 
 _MINUTES = cast(Table, DecisionMinute.__table__)
-_SUMS = (
+SUMS = (
     "windows",
     "windows_measured",
     "windows_estimated",
@@ -44,60 +62,102 @@ def next_minute(t: datetime) -> datetime:
     return start if start == t else start + MINUTE
 
 
-@dataclass(slots=True)
-class _Sums:
-    windows: int = 0
-    windows_measured: int = 0
-    windows_estimated: int = 0
-    energy_j: float = 0.0
-    covered_energy_j: float = 0.0
-    default_energy_j: float = 0.0
-    modelled_default_j: float = 0.0
-    first_window: datetime | None = None
-    last_window: datetime | None = None
+def window_sums(source: FromClause) -> list[ColumnElement[Any]]:
+    """Aggregates over decisions (the table, or a batch about to be added), in the order
+    of SUMS, then the first and last window.
 
-    def add(self, energy: float | None, default: float | None, end: datetime) -> None:
-        # The same counts as server/store/energy.py over raw decisions.
-        self.windows += 1
-        if energy is not None:
-            self.windows_measured += 1
-            self.energy_j += energy
-            if default is not None:
-                self.windows_estimated += 1
-                self.covered_energy_j += energy
-                self.default_energy_j += default
-                if default != energy:
-                    self.modelled_default_j += default
-        self.first_window = end if self.first_window is None else min(self.first_window, end)
-        self.last_window = end if self.last_window is None else max(self.last_window, end)
-
-
-def minute_rows(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Decision rows (their column mappings) summed per instance and minute."""
-    sums: dict[tuple[int, datetime], _Sums] = {}
-    for row in decisions:
-        end: datetime = row["window_end"]
-        key = (int(row["instance_id"]), minute_of(end))
-        sums.setdefault(key, _Sums()).add(row["energy_j"], row["default_energy_j"], end)
+    A window counts; its energy, where measured; its default-clock figure beside the
+    energy it covers, where both are known; and that figure again as modelled where it is
+    an estimate (it differs from what was measured).
+    """
+    c = source.c
+    estimated = c.default_energy_j.is_not(None) & c.energy_j.is_not(None)
+    modelled = estimated & (c.default_energy_j != c.energy_j)
     return [
-        {
-            "instance_id": instance_id,
-            "minute": minute,
-            **{name: getattr(s, name) for name in _SUMS},
-            "first_window": s.first_window,
-            "last_window": s.last_window,
-        }
-        for (instance_id, minute), s in sorted(sums.items())
+        func.count(),
+        func.count(c.energy_j),
+        func.coalesce(func.sum(case((estimated, 1), else_=0)), 0),
+        func.coalesce(func.sum(c.energy_j), 0.0),
+        func.coalesce(func.sum(case((estimated, c.energy_j), else_=0.0)), 0.0),
+        func.coalesce(func.sum(case((estimated, c.default_energy_j), else_=0.0)), 0.0),
+        func.coalesce(func.sum(case((modelled, c.default_energy_j), else_=0.0)), 0.0),
+        func.min(c.window_end),
+        func.max(c.window_end),
     ]
 
 
-def add_to_minutes(db: Session, decisions: list[dict[str, Any]]) -> None:
-    """Add decision rows to their minutes (one upsert for the batch)."""
-    rows = minute_rows(decisions)
-    if not rows:
+def _minute(dialect: str, end: ColumnElement[Any]) -> ColumnElement[Any]:
+    # The minute a window ends in, as each database stores a timestamp: PostgreSQL
+    # truncates; SQLite holds SQLAlchemy's "YYYY-MM-DD HH:MM:SS.ffffff" text, whose first
+    # 17 characters run to the colon after the minutes.
+    if dialect == "postgresql":
+        return func.date_trunc("minute", end)
+    return func.substr(end, 1, 17).concat("00.000000")
+
+
+def _batch_source(
+    db: Session, decisions: Sequence[dict[str, Any]]
+) -> tuple[FromClause, dict[str, Any]]:
+    """The batch's rows as a table of the columns the sums read, bound as one JSON text:
+    a statement of a parameter a value costs more to parse than to run, and psycopg's
+    array parameters more to dump."""
+    dialect = db.get_bind().dialect
+    if dialect.name == "postgresql":
+        source = text(
+            "SELECT * FROM json_to_recordset(CAST(:rows AS json)) "
+            "AS d(instance_id integer, window_end timestamptz, energy_j float8, "
+            "default_energy_j float8)"
+        )
+        end_text: Callable[[Any], Any] = datetime.isoformat
+    else:
+        source = text(
+            "SELECT json_extract(value, '$.instance_id') AS instance_id, "
+            "json_extract(value, '$.window_end') AS window_end, "
+            "json_extract(value, '$.energy_j') AS energy_j, "
+            "json_extract(value, '$.default_energy_j') AS default_energy_j "
+            "FROM json_each(:rows)"
+        )
+        # As SQLAlchemy writes a DateTime on SQLite, so the minutes read back alike.
+        processor = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        assert processor is not None
+        end_text = processor
+    rows = [
+        {
+            "instance_id": r["instance_id"],
+            "window_end": end_text(r["window_end"]),
+            "energy_j": r["energy_j"],
+            "default_energy_j": r["default_energy_j"],
+        }
+        for r in decisions
+    ]
+    typed = source.columns(
+        column("instance_id", Integer),
+        column("window_end", DateTime(timezone=True)),
+        column("energy_j", Float),
+        column("default_energy_j", Float),
+    )
+    # Validation keeps energies finite; one that is not is refused here, not summed into
+    # its minute for ever (the writer sets its row aside).
+    return typed.subquery("batch"), {"rows": json.dumps(rows, allow_nan=False)}
+
+
+def add_to_minutes(db: Session, decisions: Sequence[dict[str, Any]]) -> None:
+    """Add decision rows (their column mappings) to their minutes: one INSERT ... SELECT
+    with an upsert, summed by the database with the rule the reports use."""
+    if not decisions:
         return
-    postgres = db.get_bind().dialect.name == "postgresql"
-    stmt = (pg_insert if postgres else sqlite_insert)(_MINUTES)
+    dialect = db.get_bind().dialect.name
+    postgres = dialect == "postgresql"
+    batch, params = _batch_source(db, decisions)
+    minute = _minute(dialect, batch.c.window_end)
+    summed = (
+        select(batch.c.instance_id, minute, *window_sums(batch))
+        # WHERE: SQLite's upsert after a SELECT needs one to parse unambiguously.
+        .where(true())
+        .group_by(batch.c.instance_id, minute)
+    )
+    columns = ["instance_id", "minute", *SUMS, "first_window", "last_window"]
+    stmt = (pg_insert if postgres else sqlite_insert)(_MINUTES).from_select(columns, summed)
     excluded = stmt.excluded
     # Two-argument min/max are LEAST/GREATEST on PostgreSQL, scalar min/max on SQLite.
     least, greatest = (func.least, func.greatest) if postgres else (func.min, func.max)
@@ -105,10 +165,10 @@ def add_to_minutes(db: Session, decisions: list[dict[str, Any]]) -> None:
         stmt.on_conflict_do_update(
             index_elements=["instance_id", "minute"],
             set_={
-                **{name: _MINUTES.c[name] + excluded[name] for name in _SUMS},
+                **{name: _MINUTES.c[name] + excluded[name] for name in SUMS},
                 "first_window": least(_MINUTES.c.first_window, excluded.first_window),
                 "last_window": greatest(_MINUTES.c.last_window, excluded.last_window),
             },
         ),
-        rows,
+        params,
     )

@@ -232,7 +232,7 @@ def test_the_migration_sums_the_decisions_already_stored(database_url: str) -> N
 async def test_the_retention_loop_outlives_a_failing_pass(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from server.store import retention
+    from server.store import partitions, retention
 
     caplog.set_level(logging.INFO, logger="server.store.retention")
     calls: list[datetime] = []
@@ -248,7 +248,7 @@ async def test_the_retention_loop_outlives_a_failing_pass(
         return retention.Deleted(decisions=3, commands=0)
 
     monkeypatch.setattr(retention, "delete_before", flaky)
-    monkeypatch.setattr(retention.partitions, "keep_up", lambda _factory, _now: [])
+    monkeypatch.setattr(partitions, "keep_up", lambda _factory, _now: [])
     task = asyncio.create_task(retention.run_retention(None, 30.0, 0.01))  # type: ignore[arg-type]
     await asyncio.wait_for(third.wait(), 10)
     assert not task.done()
