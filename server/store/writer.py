@@ -29,11 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, exc, insert, update
+from sqlalchemy import Table, exc, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.store.bulk import insert_rows
 from server.store.models import ClockCommand, Decision, Node, PersistFailure
 from server.store.policy_states import upsert_policy_states
 from server.store.rollups import add_to_minutes
@@ -444,9 +445,9 @@ class BatchWriter:
             # executemany binds every row to the first row's columns: a reset (no clock
             # bounds) beside a lock made the whole batch fail and go row by row.
             for rows in _same_columns(batch.commands):
-                db.execute(insert(_COMMANDS), rows)
+                insert_rows(db, _COMMANDS, rows)
             for rows in _same_columns(batch.decisions):
-                db.execute(insert(_DECISIONS), rows)
+                insert_rows(db, _DECISIONS, rows)
             # Their minutes grow in the same transaction: a report never sees one without
             # the other.
             add_to_minutes(db, batch.decisions)

@@ -317,3 +317,51 @@ async def test_locks_and_resets_in_one_batch_are_written_together(
     assert all((rows[f"c{n}"] is None) == (n % 3 == 0) for n in range(30))
     assert writer.rows_set_aside == 0
     assert "refuses" not in caplog.text
+
+
+async def test_a_decision_the_database_refuses_in_a_bulk_write_is_set_aside_alone(
+    factory: sessionmaker[Session],
+) -> None:
+    """On PostgreSQL decisions go by COPY: a refused row there (a NUL in its text) fails
+    the batch as a row the database will never take, not as a lost connection."""
+    instance_id = _instance(factory)
+    writer = BatchWriter(factory, batch_max=50, interval_s=0.05)
+    writer.start()
+    try:
+        for n in range(10):
+            writer.add_decision(_decision(instance_id, n, reason="bad\x00" if n == 4 else "ok"))
+        await asyncio.wait_for(writer.flush(), 10)
+    finally:
+        await writer.stop()
+    postgres = factory.kw["bind"].dialect.name == "postgresql"
+    assert _count(factory, Decision) == (9 if postgres else 10)
+    assert writer.rows_set_aside == (1 if postgres else 0)
+    with factory() as db:
+        reasons = set(db.scalars(select(Decision.reason)))
+    assert reasons == ({"ok"} if postgres else {"ok", "bad\x00"})
+
+
+def test_a_connection_lost_during_a_bulk_write_is_told_transient(
+    factory: sessionmaker[Session],
+) -> None:
+    from sqlalchemy import text
+
+    from server.store.bulk import insert_rows
+
+    instance_id = _instance(factory)
+    rows = [_decision(instance_id, n).values() for n in range(5)]
+    table = Decision.__table__
+    with factory() as db:
+        if db.get_bind().dialect.name != "postgresql":
+            pytest.skip("COPY is PostgreSQL's")
+        pid = db.scalar(text("SELECT pg_backend_pid()"))
+        with factory() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(exc.DBAPIError) as raised:
+            insert_rows(db, table, rows)  # type: ignore[arg-type]
+    assert is_transient(raised.value)
+    assert _count(factory, Decision) == 0
+    # The lost connection is not handed out again: the retry writes on a fresh one.
+    with factory.begin() as db:
+        insert_rows(db, table, rows)  # type: ignore[arg-type]
+    assert _count(factory, Decision) == 5
