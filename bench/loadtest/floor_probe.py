@@ -9,7 +9,8 @@ most 100 us of one core at 10,000 windows/s) can be compared with what each stag
 * **in process** (medians of repeated passes over the load test's synthetic windows):
   parsing a node's Telemetry message of 8 windows, validating a window into an
   Observation, and the decider's whole per-window work (validate, decide, build the
-  rows) with the static controller and with agft past its warm-up;
+  rows) with the static controller and with agft past its warm-up; an agft instance's
+  learning saved and restored once its references are full;
 * **over gRPC** (a real aio server in this process, the load test's message sizes): a
   null servicer that only receives and parses each node's message, driven by a client
   process holding one stream per node at one message a second, its server CPU read
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import random
 import statistics
@@ -40,6 +42,7 @@ from server.control.static import StaticPolicy
 from server.fleet import validation
 from server.fleet.decider import decide_window
 from server.fleet.runtime import InstanceRuntime
+from server.store.database import json_strict
 
 GPUS = 8
 
@@ -124,7 +127,35 @@ def in_process() -> dict[str, float]:
     ):
         samples = [decide_us(make, 100) for _ in range(PASSES)]
         results[f"decide_window_{name}_us"] = statistics.median(samples)
+    results.update(_agft_state_costs(windows, now))
     return results
+
+
+def _agft_state_costs(windows: list[pb.InstanceWindow], now: datetime) -> dict[str, float]:
+    """An agft instance's learning saved (state() and the JSON the writer makes of it)
+    and restored (JSON parsed, load_state), once its 900-window references are full: the
+    server saves every instance that decided each AGFT_STATE_SAVE_INTERVAL_S (5 s), and
+    a replica taking nodes over restores theirs."""
+    runtime = _runtime(AgftPolicy(SloTargets()))
+    for w in windows * 2:  # 1,600 windows: past the references' 900
+        decide_window(runtime, w, now=now, lease_s=5.0)
+    policy = runtime.policy
+    saves, loads = [], []
+    for _ in range(PASSES):
+        t0 = time.process_time_ns()
+        for _ in range(20):
+            text = json_strict(policy.state())
+        t1 = time.process_time_ns()
+        for _ in range(20):
+            AgftPolicy(SloTargets()).load_state(json.loads(text))
+        t2 = time.process_time_ns()
+        saves.append((t1 - t0) / 20 / 1e3)
+        loads.append((t2 - t1) / 20 / 1e3)
+    return {
+        "agft_state_bytes": float(len(text)),
+        "agft_state_save_us": statistics.median(saves),
+        "agft_state_load_us": statistics.median(loads),
+    }
 
 
 # ---- the gRPC floor ---------------------------------------------------------------------

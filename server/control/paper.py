@@ -50,7 +50,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "prefix_cache_hit_rate",
 )
 N_FEATURES = len(FEATURE_NAMES)
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Version 1 is version 2 with its models' arrays as JSON lists: read alike.
+READABLE_VERSIONS = (1, STATE_VERSION)
 _READ = StateReader("paper state")
 _STATE_KEYS = frozenset(
     (
@@ -651,7 +653,7 @@ class _LoadedState:
     @classmethod
     def parse(cls, state: Any, tunables: PaperTunables) -> _LoadedState:
         state = _READ.mapping(state, "the state")
-        if _READ.version(state) != STATE_VERSION:
+        if _READ.version(state) not in READABLE_VERSIONS:
             raise ValueError(f"paper state: unsupported version {state.get('version')!r}")
         _READ.mapping(state, "the state", keys=_STATE_KEYS)
         phase = state.get("phase")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.control.state_schema import StateReader
+from server.control.state_schema import StateReader, pack_floats
 
 FloatArray = NDArray[np.float64]
 
@@ -102,8 +102,8 @@ class RidgeArm:
             "dim": self.dim,
             "lam": self.lam,
             "n": self._n,
-            "a_inv": self._a_inv.tolist(),
-            "b": self._b.tolist(),
+            "a_inv": pack_floats(self._a_inv),
+            "b": pack_floats(self._b),
         }
 
     @classmethod

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from server.control.agft import AgftPolicy
 from server.control.agft.budget import RESUME_WINDOWS
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 from server.control.policy import ClockArms, SloTargets
+from server.control.state_schema import PACKED_PREFIX, StateReader
 
 F_MAX = 1980
 ARMS = ClockArms(tuple(range(345, F_MAX + 1, 15)), F_MAX)
@@ -210,7 +212,8 @@ def test_resuming_a_saved_state_forgets_the_budget_of_its_load_and_keeps_the_mod
     saved = json.loads(json.dumps(policy.state()))
     saved["relative_itl"]["gain"] = 0.48  # tuned to the load of when it was saved
     saved["ttft_promises"]["tail"]["log_gain"] = -0.7
-    assert len(saved["relative_itl"]["reference"][0]) > RESUME_WINDOWS
+    floats = StateReader("test").floats
+    assert len(floats(saved["relative_itl"]["reference"][0], "reference")) > RESUME_WINDOWS
     resumed = AgftPolicy(SloTargets())
     resumed.load_state(saved)
     assert resumed.state() == saved  # load_state alone restores exactly
@@ -218,11 +221,41 @@ def test_resuming_a_saved_state_forgets_the_budget_of_its_load_and_keeps_the_mod
     state = resumed.state()
     assert state["relative_itl"]["gain"] == 1.0
     for part in ("reference", "seen"):
-        values = state["relative_itl"][part][0]
-        assert values == saved["relative_itl"][part][0][-RESUME_WINDOWS:]
+        values = floats(state["relative_itl"][part][0], part).tolist()
+        assert values == floats(saved["relative_itl"][part][0], part)[-RESUME_WINDOWS:].tolist()
     assert state["ttft_promises"]["tail"]["log_gain"] == 0.0
     assert state["ttft_promises"]["misses"]["log_gain"] == 0.0
     # The pooled reference fades on its own as the new load's windows come.
     assert state["ttft_promises"]["reference"] == saved["ttft_promises"]["reference"]
     for key in ("power", "itl", "ttft", "windows", "ttft_tail_ratio"):
         assert state[key] == saved[key]  # what it learnt of the GPU stays
+
+
+def _as_lists(value: Any, key: str = "") -> Any:
+    """A state as version 6 wrote it: every packed array a JSON list (matrices nested)."""
+    if isinstance(value, str) and value.startswith(PACKED_PREFIX):
+        floats = StateReader("test").floats(value, key)
+        if key == "a_inv":
+            side = math.isqrt(len(floats))
+            return floats.reshape(side, side).tolist()
+        return floats.tolist()
+    if isinstance(value, dict):
+        return {k: _as_lists(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_lists(v, key) for v in value]
+    return value
+
+
+def test_a_state_saved_as_lists_by_version_6_is_read_as_the_same_state() -> None:
+    policy = AgftPolicy(SloTargets())
+    run(policy, 300)
+    saved = json.loads(json.dumps(policy.state()))
+    old = _as_lists(saved)
+    old["version"] = 6
+    assert "f8:" not in json.dumps(old)
+    restored = AgftPolicy(SloTargets())
+    restored.load_state(old)
+    assert restored.state() == saved  # written back packed, as version 7
+    for version in (5, 8):
+        with pytest.raises(ValueError, match="version"):
+            AgftPolicy(SloTargets()).load_state({**saved, "version": version})

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from server.control import paper
 from server.control.observation import GpuSample, HistogramDelta, Observation, ServingSample
 from server.control.paper import FEATURE_NAMES, PaperPolicy
 from server.control.policy import ClockArms, ClockDecision, SloTargets
+from server.control.state_schema import pack_floats
 
 SUPPORTED = tuple(range(210, 1981, 15))  # an H100's 15 MHz grid
 ARMS = ClockArms(SUPPORTED, default_mhz=1980)
@@ -449,7 +451,7 @@ def test_state_round_trips_and_the_restored_policy_decides_the_same(windows: int
     original = PaperPolicy(SLO, seed=3)
     decisions = run_env(original, windows)
     state = json.loads(json.dumps(original.state()))
-    assert state["version"] == 1
+    assert state["version"] == paper.STATE_VERSION
     restored = PaperPolicy(SLO, seed=3)
     restored.load_state(state)
     assert restored.phase == original.phase
@@ -496,7 +498,7 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any]], None]]]:
 
     return [
         ("no version", lambda s: s.pop("version")),
-        ("future version", setter("version", 2)),
+        ("future version", setter("version", paper.STATE_VERSION + 1)),
         ("unknown phase", setter("phase", "exploring")),
         ("no normalizer", lambda s: s.pop("normalizer")),
         ("normalizer dim", setter("normalizer.dim", 3)),
@@ -507,6 +509,8 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any]], None]]]:
         ("arm key", lambda s: s["arms"].update({"fast": s["arms"][next(iter(s["arms"]))]})),
         ("arm model shape", first_arm("b", [0.0, 0.0])),
         ("arm model nan", first_arm("a_inv", [[float("nan")] * 7] * 7)),
+        ("arm model packed nan", first_arm("a_inv", pack_floats([float("nan")] * 49))),
+        ("arm model packed short", first_arm("b", pack_floats([0.0] * 6))),
         ("arm reward", first_arm("reward_sum", "lots")),
         ("arm dim", first_arm("dim", 8)),
         ("active not list", setter("active", "1980")),

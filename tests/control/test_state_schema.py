@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from server.control.agft import AgftPolicy
 from server.control.paper import PaperPolicy
 from server.control.policy import SloTargets
-from server.control.state_schema import StateReader
+from server.control.state_schema import PACKED_PREFIX, StateReader, pack_floats
 from server.energy.estimator import DefaultEnergyEstimator, features
 from tests.control.test_agft_policy import run as run_agft
 from tests.control.test_paper_policy import run_env
@@ -108,10 +108,22 @@ JSON_VALUES = st.one_of(
 )
 
 
+def _unpacked(value: Any) -> Any:
+    """Packed arrays as the lists they hold: a list where a packed array was is read as
+    the same floats (older builds wrote lists) and comes back packed."""
+    if isinstance(value, str) and value.startswith(PACKED_PREFIX):
+        return StateReader("test").floats(value, "packed").tolist()
+    if isinstance(value, dict):
+        return {k: _unpacked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpacked(v) for v in value]
+    return value
+
+
 def _comparable(state: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
     # Compared with ==, so 3 and 3.0 are the same number; NaN equals nothing, so a NaN
     # that got in is caught.
-    return {k: v for k, v in state.items() if k not in skip}
+    return {k: _unpacked(v) for k, v in state.items() if k not in skip}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -170,3 +182,32 @@ def test_agft_refuses_what_it_once_accepted(field: str, value: object) -> None:
     state[field] = value
     with pytest.raises(ValueError, match=f"agft state: {field}"):
         _agft().load_state(state)
+
+
+def test_packed_floats_come_back_to_the_bit_and_nothing_else_is_read_as_them() -> None:
+    read = StateReader("x state")
+    values = [0.0, -0.0, 5e-324, 1.0 / 3.0, -1.7976931348623157e308, 12345.678]
+    back = read.floats(pack_floats(values), "f")
+    assert back.tobytes() == np.asarray(values, dtype=np.float64).tobytes()
+    assert back.flags.writeable  # a model updates its arrays in place
+    assert read.floats(pack_floats([]), "f").size == 0
+    matrix = np.arange(6.0).reshape(2, 3)
+    assert (read.array(pack_floats(matrix), "m", (2, 3)) == matrix).all()
+    good = pack_floats([1.0, 2.0])  # 16 bytes: "...QA==", "A" holding 4 bits of padding
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    padded = good[:-3] + alphabet[alphabet.index(good[-3]) + 1] + "=="
+    assert read.floats(good, "f").tolist() == [1.0, 2.0]
+    for bad, why in (
+        ("AAAAAAAA8D8=", "must be a list or f8:-packed floats"),  # no prefix
+        ("f8:not base64!", "is not valid base64"),
+        (good[:-4], "is not packed float64"),  # cut inside a float
+        (padded, "is not packed float64"),  # a second spelling of the same bytes
+        (pack_floats([1.0, math.nan]), "must hold finite numbers only"),
+        (pack_floats([math.inf]), "must hold finite numbers only"),
+    ):
+        with pytest.raises(ValueError, match=f"x state: f {why}"):
+            read.floats(bad, "f")
+    with pytest.raises(ValueError, match="must have 3 items, not 2"):
+        read.floats(good, "f", length=3)
+    with pytest.raises(ValueError, match="must have 6 items, not 2"):
+        read.array(good, "f", (2, 3))

@@ -18,7 +18,7 @@ from server.control.agft.tail import (
     shaped_cdf,
 )
 from server.control.observation import HistogramDelta
-from server.control.state_schema import StateReader
+from server.control.state_schema import StateReader, pack_floats
 
 # vLLM's TTFT buckets (vllm/v1/metrics/loggers.py).
 VLLM_TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
@@ -235,19 +235,29 @@ def test_the_promises_state_round_trips_and_refuses_what_it_should() -> None:
     back = TtftPromises.from_dict(saved, 900, read, "p")
     assert back.to_dict() == promises.to_dict()
     assert back.limit(0.9, 0.05, 0.5, 0.005) == promises.limit(0.9, 0.05, 0.5, 0.005)
+    ref = read.floats(saved["reference"], "reference").tolist()
+    assert len(ref) == len(GRID_EDGES) - 1
+    # The lists an older build wrote read as the same state.
+    assert TtftPromises.from_dict({**saved, "reference": ref}, 900, read, "p").to_dict() == saved
     for bad in (
-        {**saved, "reference": saved["reference"][:-1]},
-        {**saved, "reference": [-1.0, *saved["reference"][1:]]},
-        {**saved, "reference": [math.nan, *saved["reference"][1:]]},
+        {**saved, "reference": ref[:-1]},
+        {**saved, "reference": [-1.0, *ref[1:]]},
+        {**saved, "reference": [math.nan, *ref[1:]]},
+        {**saved, "reference": pack_floats(ref[:-1])},
+        {**saved, "reference": pack_floats([-1.0, *ref[1:]])},
+        {**saved, "reference": pack_floats([math.nan, *ref[1:]])},
+        {**saved, "reference": saved["reference"][3:]},  # no "f8:"
+        {**saved, "reference": saved["reference"][:-2]},  # cut inside a float
+        {**saved, "reference": saved["reference"] + "?"},
         {**saved, "tail": {"log_gain": 9.0, "mean_requests": 1.0}},
         {**saved, "tail": {"log_gain": 0.0}},
         {**saved, "misses": {"log_gain": 0.0, "mean_requests": "many"}},
         {**saved, "reference_buckets": {"bounds": [0.1, 0.05], "mass": [1.0, 1.0, 1.0]}},
         {**saved, "reference_buckets": {"bounds": [0.1, 0.2], "mass": [1.0, -1.0, 1.0]}},
         {**saved, "reference_buckets": {"bounds": [0.1, 0.2], "mass": [1.0, 1.0]}},
+        {**saved, "reference_buckets": {"bounds": [0.1, 0.2], "mass": pack_floats([1.0, 1.0])}},
         {key: value for key, value in saved.items() if key != "reference_buckets"},
         {**saved, "extra": 1},
     ):
         with pytest.raises(ValueError):
             TtftPromises.from_dict(bad, 900, read, "p")
-    assert len(saved["reference"]) == len(GRID_EDGES) - 1

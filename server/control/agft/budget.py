@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from server.control.state_schema import StateReader
+from server.control.state_schema import StateReader, pack_floats
 
 # A reconnect within a minute keeps its reference; after a longer gap the budget rebuilds
 # from the load of now within a minute.
@@ -101,8 +101,8 @@ class RelativeBudget:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "reference": [list(self.reference.values), list(self.reference.weights)],
-            "seen": [list(self.seen.values), list(self.seen.weights)],
+            "reference": [pack_floats(self.reference.values), pack_floats(self.reference.weights)],
+            "seen": [pack_floats(self.seen.values), pack_floats(self.seen.weights)],
             "gain": self.gain,
         }
 
@@ -132,14 +132,14 @@ class RelativeBudget:
             pair = data.get(key)
             if not isinstance(pair, list) or len(pair) != 2:
                 raise read.fail(where, "must be [values, weights]")
-            values = read.numbers(pair[0], f"{where}[0]")
-            weights = read.numbers(pair[1], f"{where}[1]", length=len(values))
+            values = read.floats(pair[0], f"{where}[0]")
+            weights = read.floats(pair[1], f"{where}[1]", length=len(values))
             if len(values) > size:
                 raise read.fail(where, f"holds {len(values)} windows, more than {size}")
-            if any(v <= 0 for v in values) or any(w <= 0 for w in weights):
+            if np.any(values <= 0) or np.any(weights <= 0):
                 raise read.fail(where, "values and weights must be above 0")
             target = getattr(budget, key)
-            for v, w in zip(values, weights, strict=True):
+            for v, w in zip(values.tolist(), weights.tolist(), strict=True):
                 target.add(v, w)
         budget.gain = read.bounded(data.get("gain"), f"{name}.gain", cls.GAIN_MIN, cls.GAIN_MAX)
         return budget

@@ -43,7 +43,9 @@ from server.control.policy import ClockArms, ClockDecision, Policy, SloTargets
 from server.control.ridge import RidgeArm
 from server.control.state_schema import StateReader
 
-STATE_VERSION = 6
+STATE_VERSION = 7
+# Version 6 is version 7 with its float arrays as JSON lists: read alike.
+READABLE_VERSIONS = (6, STATE_VERSION)
 _STATE_KEYS = frozenset(
     (
         "version",
@@ -426,8 +428,10 @@ class AgftPolicy(Policy):
         """Restore state(); anything malformed raises ValueError and changes nothing."""
         read = StateReader("agft state")
         state = read.mapping(state, "the state")
-        if read.version(state) != STATE_VERSION:
-            raise read.fail("version", f"{state.get('version')!r} is not {STATE_VERSION}")
+        if read.version(state) not in READABLE_VERSIONS:
+            raise read.fail(
+                "version", f"{state.get('version')!r} is not one of {list(READABLE_VERSIONS)}"
+            )
         read.mapping(state, "the state", keys=_STATE_KEYS)
         # The tunables in force are this policy's own (code defaults and settings), not
         # the saved ones: otherwise an upgrade that retunes the controller would never

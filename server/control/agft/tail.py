@@ -32,7 +32,7 @@ import numpy as np
 
 from server.control.agft.models import FloatArray
 from server.control.observation import HistogramDelta
-from server.control.state_schema import StateReader
+from server.control.state_schema import StateReader, pack_floats
 
 # The grid: 1 ms to 1,000 s, 40 bins a decade (5.9 % wide): finer than any promise.
 GRID_LOW_S, GRID_HIGH_S, BINS_PER_DECADE = 1e-3, 1e3, 40
@@ -201,13 +201,13 @@ class PooledLatencies:
         at_most = float(np.interp(math.log(max(x, 1e-12)), LOG_EDGES, cum))
         return max(0.0, 1.0 - at_most / total)
 
-    def to_list(self) -> list[float]:
-        return [float(v) for v in self.mass]
+    def packed(self) -> str:
+        return pack_floats(self.mass)
 
-    def shape_to_dict(self) -> dict[str, list[float]] | None:
+    def shape_to_dict(self) -> dict[str, Any] | None:
         if self.bounds is None or self.bucket_mass is None:
             return None
-        return {"bounds": list(self.bounds), "mass": [float(v) for v in self.bucket_mass]}
+        return {"bounds": list(self.bounds), "mass": pack_floats(self.bucket_mass)}
 
     def load_shape(self, data: Any, read: StateReader, name: str) -> None:
         """Restore shape_to_dict(); refuses what add() could not have built."""
@@ -216,21 +216,22 @@ class PooledLatencies:
             return
         data = read.mapping(data, name, keys={"bounds", "mass"})
         bounds = read.numbers(data.get("bounds"), f"{name}.bounds")
-        mass = read.numbers(data.get("mass"), f"{name}.mass", length=len(bounds) + 1)
+        mass = read.floats(data.get("mass"), f"{name}.mass", length=len(bounds) + 1)
         if not bounds or any(b <= a for a, b in itertools.pairwise(bounds)):
             raise read.fail(f"{name}.bounds", "must rise")
-        if bounds[0] <= 0 or any(m < 0 for m in mass):
+        if bounds[0] <= 0 or np.any(mass < 0):
             raise read.fail(name, "bounds must be above 0 and masses not negative")
         self.bounds = tuple(bounds)
-        self.bucket_mass = np.asarray(mass, dtype=np.float64)
+        self.bucket_mass = mass
 
     @classmethod
-    def from_list(cls, data: Any, windows: int, read: StateReader, name: str) -> PooledLatencies:
-        values = read.numbers(data, name, length=GRID_BINS)
-        if any(v < 0 for v in values):
+    def from_packed(cls, data: Any, windows: int, read: StateReader, name: str) -> PooledLatencies:
+        """Restore packed() (or the list an older build wrote)."""
+        values = read.floats(data, name, length=GRID_BINS)
+        if np.any(values < 0):
             raise read.fail(name, "masses must not be negative")
         pool = cls(windows)
-        pool.mass = np.asarray(values, dtype=np.float64)
+        pool.mass = values
         return pool
 
 
@@ -390,7 +391,7 @@ class TtftPromises:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "reference": self.reference.to_list(),
+            "reference": self.reference.packed(),
             "reference_buckets": self.reference.shape_to_dict(),
             "tail": self.tail.to_dict(),
             "misses": self.misses.to_dict(),
@@ -400,7 +401,7 @@ class TtftPromises:
     def from_dict(cls, data: Any, windows: int, read: StateReader, name: str) -> TtftPromises:
         data = read.mapping(data, name, keys={"reference", "reference_buckets", "tail", "misses"})
         promises = cls(windows)
-        promises.reference = PooledLatencies.from_list(
+        promises.reference = PooledLatencies.from_packed(
             data.get("reference"), windows, read, f"{name}.reference"
         )
         promises.reference.load_shape(
