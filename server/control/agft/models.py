@@ -30,8 +30,12 @@ class LatencyModel:
 
     @staticmethod
     def features(context: FloatArray, ell: float) -> FloatArray:
-        base = np.concatenate(([1.0], context))
-        return np.concatenate((base, ell * base))
+        n = N_CONTEXT + 1
+        x = np.empty(2 * n)
+        x[0] = 1.0
+        x[1:n] = context
+        np.multiply(x[:n], ell, out=x[n:])
+        return x
 
     def update(self, context: FloatArray, ell: float, latency_s: float) -> None:
         target = math.log(latency_s) - self.PRIOR_SLOPE * ell
@@ -52,8 +56,14 @@ class LatencyModel:
         return min(1.0, math.exp(self.mean_log(context, 0.0) - self.mean_log(context, ell)))
 
     def _matrix(self, context: FloatArray, ells: FloatArray) -> FloatArray:
-        base = np.concatenate(([1.0], context))
-        return np.hstack((np.tile(base, (len(ells), 1)), ells[:, None] * base[None, :]))
+        # Filled in place: np.tile and np.hstack cost more than the products (the same
+        # values to the bit).
+        n = N_CONTEXT + 1
+        phi = np.empty((len(ells), 2 * n))
+        phi[:, 0] = 1.0
+        phi[:, 1:n] = context
+        np.multiply(ells[:, None], phi[:, :n], out=phi[:, n:])
+        return phi
 
 
 class PowerModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -38,8 +39,8 @@ def share_above(hist: HistogramDelta | None, limit: float) -> float | None:
     bound at or above it); None when the window has none."""
     if hist is None or hist.count <= 0:
         return None
-    first = next((i for i, b in enumerate(hist.upper_bounds) if b >= limit), None)
-    if first is None:
+    first = bisect.bisect_left(hist.upper_bounds, limit)  # the first bound >= limit
+    if first == len(hist.upper_bounds):
         return hist.bucket_counts[-1] / hist.count
     return sum(hist.bucket_counts[first + 1 :]) / hist.count
 

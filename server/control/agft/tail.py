@@ -24,6 +24,7 @@ bounds), not an even spread: see shaped_cdf.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from typing import Any
@@ -157,9 +158,9 @@ class PooledLatencies:
         (shaped_cdf at one point, without the arrays): one window holds too few requests
         to show its own tail's shape."""
         bounds = hist.upper_bounds
-        k = next((i for i, b in enumerate(bounds) if x < b), None)
+        k = bisect.bisect_right(bounds, x)  # the first bound above x (they rise)
         above = self.mass_above_bounds()
-        if k is None or k == 0 or above is None or len(above) != len(bounds) + 1:
+        if k == len(bounds) or k == 0 or above is None or len(above) != len(bounds) + 1:
             return hist.count_at_most(x)
         lo, hi = bounds[k - 1], bounds[k]
         s_lo, s_hi = float(above[k]), float(above[k + 1])  # above[0] is above 0
