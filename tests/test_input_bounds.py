@@ -212,3 +212,27 @@ def test_a_refusal_survives_pickling() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, InvalidMessageError)
     assert (back.code, back.message, str(back)) == (err.code, err.message, str(err))
+
+
+def test_bucket_bounds_checked_once_are_shared_and_bad_ones_refused_every_time() -> None:
+    from server.fleet import validation
+
+    def hist(bounds: list[float]) -> pb.Histogram:
+        counts = [1] * (len(bounds) + 1)
+        return pb.Histogram(upper_bounds=bounds, bucket_counts=counts, sum=1.0, count=len(counts))
+
+    first = validation.histogram(hist([0.1, 0.25, 0.5]), "ttft")
+    again = validation.histogram(hist([0.1, 0.25, 0.5]), "ttft")
+    assert first is not None and again is not None
+    assert again.upper_bounds is first.upper_bounds  # one tuple for every window
+    for _ in range(2):  # a refusal is not remembered as a success
+        with pytest.raises(InvalidMessageError, match="strictly ascending"):
+            validation.histogram(hist([0.25, 0.1]), "ttft")
+        with pytest.raises(InvalidMessageError, match="strictly ascending"):
+            validation.histogram(hist([0.1, float("nan")]), "ttft")
+    # Ever-new bounds only clear the memory: it stays bounded, and checks go on.
+    for k in range(validation._KNOWN_BOUNDS_MAX * 2):
+        assert validation.histogram(hist([1.0 + k, 2.0 + k]), "ttft") is not None
+        assert len(validation._KNOWN_BOUNDS) <= validation._KNOWN_BOUNDS_MAX
+    with pytest.raises(InvalidMessageError, match="strictly ascending"):
+        validation.histogram(hist([0.25, 0.1]), "ttft")
