@@ -53,6 +53,10 @@ class NodeCounts:
     # Wall time a stream was lost, and when a window sent on the next was stored.
     lost_at: list[float] = field(default_factory=list)
     regained_at: list[float] = field(default_factory=list)
+    # The failover's steps in between: Welcome from the next replica, the first fresh
+    # window sent on its stream (after the re-sent ones).
+    welcomed_at: list[float] = field(default_factory=list)
+    fresh_sent_at: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -128,6 +132,8 @@ class _Node:
                     self.counts.windows_resent += len(telemetry.windows)
                 elif not state.first_fresh:
                     state.first_fresh = state.sent_through
+                    if len(self.counts.fresh_sent_at) < len(self.counts.lost_at):
+                        self.counts.fresh_sent_at.append(time.time())
                 self._seq += 1
                 now = time.monotonic()
                 for w in telemetry.windows:
@@ -181,6 +187,8 @@ class _Node:
             self._session += 1
             self.buffer.stored(first.welcome.stored_through_seq)
             state.welcomed = True
+            if len(self.counts.welcomed_at) < len(self.counts.lost_at):
+                self.counts.welcomed_at.append(time.time())
             self._new.set()
             reader = asyncio.create_task(self._read(call))
             try:
@@ -353,5 +361,9 @@ async def _run(
         # Per node that lost its stream: when, and when control came back (None: never).
         "lost_at": [c.lost_at[0] for c in counts if c.lost_at],
         "regained_at": [c.regained_at[0] if c.regained_at else None for c in counts if c.lost_at],
+        "welcomed_at": [c.welcomed_at[0] if c.welcomed_at else None for c in counts if c.lost_at],
+        "fresh_sent_at": [
+            c.fresh_sent_at[0] if c.fresh_sent_at else None for c in counts if c.lost_at
+        ],
         "failures": failures[:5],
     }

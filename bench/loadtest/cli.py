@@ -107,7 +107,9 @@ def _failover_line(r: dict[str, Any]) -> str:
         f"failover: replica 0 killed {r['killed_after_s']:g} s in; {r['nodes_moved']} nodes "
         f"moved, every one decided again within {r['failover_s']} s; "
         f"{r['lost_windows']} windows lost, {r['duplicate_windows']} stored twice, "
-        f"{r['windows_resent']} sent again"
+        f"{r['windows_resent']} sent again (the last node welcomed by the next replica "
+        f"{r.get('failover_welcomed_s')} s after the kill, its first fresh window sent "
+        f"{r.get('failover_fresh_sent_s')} s after)"
     )
 
 

@@ -384,6 +384,13 @@ def _run(spec: LoadSpec, url: str, workdir: Path, err: Any) -> dict[str, Any]:
             if regained and all(x is not None for x in regained)
             else None
         )
+        # Where it went, for the last node of each step: the lease and Hello (to Welcome),
+        # the re-sent windows (to the first fresh one sent), deciding and storing it.
+        for key, name in (("welcomed_at", "welcomed"), ("fresh_sent_at", "fresh_sent")):
+            times = [x for r in results for x in r[key]]
+            out[f"failover_{name}_s"] = (
+                round(max(times) - killed, 2) if times and None not in times else None
+            )
     return out
 
 

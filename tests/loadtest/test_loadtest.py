@@ -68,6 +68,9 @@ def test_a_killed_replica_moves_its_nodes_and_loses_no_window(tmp_path: Path) ->
     result = json.loads((out / "results.json").read_text())
     assert result["servers"] == 2 and result["nodes_moved"] == 2  # half were on replica 0
     assert result["failover_s"] is not None and result["failover_s"] <= 10.0
+    # Its steps come in order: welcomed by the survivor, a fresh window sent, stored.
+    assert 0 < result["failover_welcomed_s"] <= result["failover_fresh_sent_s"]
+    assert result["failover_fresh_sent_s"] <= result["failover_s"]
     assert result["lost_windows"] == result["duplicate_windows"] == 0
     assert result["agent_unstored_windows"] == 0 and result["agent_failures"] == []
     assert result["windows_resent"] > 0  # what the killed replica held came back
