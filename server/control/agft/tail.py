@@ -49,8 +49,11 @@ LOG_EDGES: FloatArray = np.log(GRID_EDGES)
 
 def bucket_counts(hist: HistogramDelta) -> FloatArray:
     """One count a bucket bound, and +Inf (validation's shape)."""
-    counts = np.zeros(len(hist.upper_bounds) + 1)
-    given = np.asarray(hist.bucket_counts[: len(counts)], dtype=np.float64)
+    n = len(hist.upper_bounds) + 1
+    if len(hist.bucket_counts) == n:  # as validation lets every window in
+        return np.array(hist.bucket_counts, dtype=np.float64)
+    counts = np.zeros(n)
+    given = np.asarray(hist.bucket_counts[:n], dtype=np.float64)
     counts[: len(given)] = given
     return counts
 
@@ -77,9 +80,11 @@ def shaped_cdf(hist: HistogramDelta, at: FloatArray, above: FloatArray | None) -
     split = (counts[:-1] > 0) & (s_hi > 0) & (s_lo > s_hi) & (bounds[:-1] > 0)
     if not split.any():
         return result
-    # The bucket each point falls in; a point on a bound splits nothing (depth 0).
+    # The bucket each point falls in; a point on a bound splits nothing (depth 0). j runs
+    # from -1 (below every bound) to len(split) (above the last): both ends index a
+    # False put there for them, which is cheaper than clipping j and testing its range.
     j = np.searchsorted(bounds, x, side="right") - 1
-    where = np.flatnonzero((j >= 0) & (j < len(split)) & split[np.clip(j, 0, len(split) - 1)])
+    where = np.flatnonzero(np.append(split, False)[j])
     if where.size == 0:
         return result
     jj = j[where]
