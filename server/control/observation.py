@@ -5,6 +5,7 @@ Every field that could not be measured is None ("unknown"), never 0.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,17 +43,17 @@ class HistogramDelta:
 
     def count_at_most(self, x: float) -> float:
         """How many observations were at most x, interpolated inside x's bucket."""
-        seen = 0.0
-        lower = 0.0
-        for i, n in enumerate(self.bucket_counts):
-            upper = self.upper_bounds[i] if i < len(self.upper_bounds) else math.inf
-            if x >= upper:
-                seen += n
-                lower = upper
-                continue
-            if n > 0 and x > lower and not math.isinf(upper):
-                seen += n * (x - lower) / (upper - lower)
-            break
+        if x != x:  # NaN: at most nothing, as no bucket holds it
+            return 0.0
+        bounds, counts = self.upper_bounds, self.bucket_counts
+        k = bisect.bisect_right(bounds, x)  # buckets wholly at most x (bounds rise)
+        if k >= len(counts) or x == math.inf:  # at most +inf: every observation
+            return sum(counts, 0.0)
+        seen = sum(counts[:k], 0.0)
+        n = counts[k]
+        lower = bounds[k - 1] if k > 0 else 0.0
+        if n > 0 and x > lower and k < len(bounds):  # x inside bucket k, interpolated
+            seen += n * (x - lower) / (bounds[k] - lower)
         return seen
 
 
