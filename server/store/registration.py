@@ -63,6 +63,7 @@ def register_node(factory: sessionmaker[Session], hello: NodeInventory) -> Regis
             i.name: i for i in db.scalars(select(Instance).where(Instance.node_pk == node.id))
         }
         registered: dict[str, RegisteredInstance] = {}
+        rows: dict[str, Instance] = {}
         for inst in hello.instances:
             irow = existing.get(inst.name) or Instance(
                 node_pk=node.id, name=inst.name, created_at=now
@@ -77,8 +78,12 @@ def register_node(factory: sessionmaker[Session], hello: NodeInventory) -> Regis
             irow.monitor_only_reason = hello.monitor_only_reason(inst) or None
             irow.last_seen_at = now
             db.add(irow)
-            db.flush()
-            registered[inst.name] = RegisteredInstance(
+            rows[inst.name] = irow
+        # One flush for the whole node: a reconnect (the common Hello, and every node a
+        # failover moves) updates its rows in one round of statements, not one per row.
+        db.flush()
+        for name, irow in rows.items():
+            registered[name] = RegisteredInstance(
                 id=irow.id,
                 labels=dict(irow.labels),
                 # A new row's defaults are applied on flush; say them rather than read None.
