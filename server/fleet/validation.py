@@ -96,10 +96,6 @@ def _clock(field: str, value: int) -> int:
     return value
 
 
-def _opt(msg: Message, name: str) -> bool:
-    return msg.HasField(name)
-
-
 def _opt_float(msg: Message, name: str, field: str, upper: float) -> float | None:
     if not msg.HasField(name):
         return None
@@ -180,7 +176,7 @@ def gpu_sample(g: pb.GpuWindow, allowed: Sequence[int], duration_s: float) -> Gp
         utilization_gpu_pct=_opt_float(
             g, "utilization_gpu_pct", f"{prefix}.utilization_gpu_pct", 100.0
         ),
-        throttle_reasons=int(g.throttle_reasons) if _opt(g, "throttle_reasons") else None,
+        throttle_reasons=int(g.throttle_reasons) if g.HasField("throttle_reasons") else None,
         locked_sm_clock_mhz=lock,
     )
 
